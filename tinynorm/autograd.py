@@ -1,0 +1,296 @@
+"""Reverse-mode autodiff: Function, its Context, and the backward engine.
+
+An op is a ``Function`` subclass with two static methods that work on backend arrays::
+
+    class Square(tn.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * x
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            (x,) = ctx.saved_tensors
+            return 2 * x * grad_out
+
+    y = Square.apply(t)
+
+``apply`` unwraps Tensors to arrays, runs ``forward``, and, when any input requires grad
+and grad mode is on, records a ``Context`` as the output's ``grad_fn``. The Context *is* the
+graph node: it keeps the inputs (edges to their nodes), what ``forward`` saved, and
+``needs_input_grad``.
+
+The accumulation rule, stated once: gradient arrays flowing through the graph are never
+modified in place; contributions to one tensor are summed; a leaf owns its ``.grad`` and
+adds later contributions into it with ``+=``.
+"""
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+from . import backend
+from .tensor import Tensor
+
+_grad_enabled = True
+_anomaly = False
+
+
+# ---- grad mode ------------------------------------------------------------------------
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Turn graph recording on or off, for a block or (as a decorator) a function."""
+
+    def __init__(self, mode: bool):
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, bool(mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.previous
+        return False
+
+
+class no_grad(contextlib.ContextDecorator):
+    """No graph is recorded and nothing is saved for backward inside this block."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, False
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self.previous
+        return False
+
+
+class enable_grad(no_grad):
+    def __enter__(self):
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, True
+        return self
+
+
+class detect_anomaly(contextlib.ContextDecorator):
+    """Raise as soon as a forward or backward produces NaN or Inf, naming the op."""
+
+    def __enter__(self):
+        global _anomaly
+        self.previous, _anomaly = _anomaly, True
+        return self
+
+    def __exit__(self, *exc):
+        global _anomaly
+        _anomaly = self.previous
+        return False
+
+
+def _check_finite(arrays, fn_name: str, where: str) -> None:
+    for i, a in enumerate(arrays):
+        if a is None or not backend.is_array(a) or a.dtype.kind not in "fc":
+            continue
+        xp = backend.array_module(a)
+        if not bool(xp.isfinite(a).all()):
+            kind = "nan" if bool(xp.isnan(a).any()) else "inf"
+            raise RuntimeError(f"detect_anomaly: {fn_name}.{where} produced {kind} values in its output {i}")
+
+
+# ---- Function and Context -------------------------------------------------------------
+class Edge:
+    """Where a gradient goes: the node that made a non-leaf input, and which of its outputs.
+
+    The graph keeps edges, not the intermediate tensors themselves, so an intermediate's
+    array is freed as soon as nothing but the graph refers to it (PyTorch does the same).
+    """
+
+    __slots__ = ("node", "index", "shape", "dtype", "ref")
+
+    def __init__(self, t: Tensor):
+        self.node, self.index, self.shape, self.dtype = t.grad_fn, t.output_index, t.shape, t.dtype
+        self.ref = weakref.ref(t)  # only for retain_grad()
+
+
+class Context:
+    """The graph node of one Function call; ``forward`` and ``backward`` receive it as ctx."""
+
+    def __init__(self, fn, needs_input_grad, record: bool):
+        self.fn = fn
+        self.needs_input_grad = needs_input_grad
+        self.edges = ()  # per forward argument: a leaf Tensor, an Edge, or None
+        self.outputs = ()  # (shape, dtype) of each output, to make zeros for unused outputs
+        self._record = record
+        self._saved = ()
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.fn.__name__}Backward"
+
+    def save_for_backward(self, *arrays) -> None:
+        """Keep arrays for backward; under no_grad nothing is kept."""
+        if self._record:
+            self._saved = arrays
+
+    @property
+    def saved_tensors(self) -> tuple:
+        if self._released:
+            raise RuntimeError(
+                f"Trying to backward through the graph a second time ({self.name}): its saved "
+                "arrays were freed after the first backward. Specify retain_graph=True on the "
+                "first backward call if you need to backward twice."
+            )
+        return self._saved
+
+    def release(self) -> None:
+        """Drop what forward saved (attributes set on ctx are small by convention and stay)."""
+        self._saved = ()
+        self._released = True
+
+
+class Function:
+    """Base class of every differentiable op (PyTorch's ``torch.autograd.Function``).
+
+    Subclasses define static ``forward(ctx, *args)`` on backend arrays (and any other
+    arguments) and static ``backward(ctx, *grad_outputs)`` returning one gradient per
+    forward argument, None for those that need none. A forward that returns a tuple makes
+    several outputs; backward then receives one gradient per output (zeros for unused ones).
+    """
+
+    @staticmethod
+    def forward(ctx, *args):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args):
+        # mixing devices is an error, raised here once for every op
+        backend.array_module(*(a.data if isinstance(a, Tensor) else a for a in args), op=cls.__name__)
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        record = _grad_enabled and any(needs)
+        ctx = Context(cls, needs, record)
+        out = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args))
+        multiple = isinstance(out, tuple)
+        outs = out if multiple else (out,)
+        if _anomaly:
+            _check_finite(outs, cls.__name__, "forward")
+        if not record:
+            results = tuple(Tensor(o) for o in outs)
+        else:
+            ctx.edges = tuple(
+                (a if a.grad_fn is None else Edge(a)) if need else None for a, need in zip(args, needs)
+            )
+            ctx.outputs = tuple((o.shape, o.dtype) for o in outs)
+            results = tuple(Tensor(o, grad_fn=ctx, output_index=i) for i, o in enumerate(outs))
+            for r in results:
+                r.requires_grad = r.data.dtype.kind == "f"
+        return results if multiple else results[0]
+
+
+# ---- the engine -----------------------------------------------------------------------
+def _topological_order(root):
+    """Nodes reachable from ``root``, each after every node that consumes its outputs.
+
+    Iterative depth-first search, so a chain of 10,000 ops needs no recursion.
+    """
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        for e in node.edges:
+            if isinstance(e, Edge) and id(e.node) not in visited:
+                stack.append((e.node, False))
+    order.reverse()
+    return order
+
+
+def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
+    """Run backward from ``tensor``; see ``Tensor.backward``."""
+    if not tensor.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    if gradient is None:
+        if tensor.data.size != 1:
+            raise RuntimeError(
+                f"grad can be implicitly created only for scalar outputs; this tensor has shape "
+                f"{tuple(tensor.shape)}: pass gradient= of that shape"
+            )
+        gradient = backend.array_module(tensor.data).ones_like(tensor.data)
+    else:
+        gradient = gradient.data if isinstance(gradient, Tensor) else gradient
+        xp = backend.array_module(tensor.data, gradient, op="backward")
+        gradient = xp.asarray(gradient, dtype=tensor.dtype)
+        if gradient.shape != tensor.shape:
+            raise RuntimeError(
+                f"backward: gradient has shape {gradient.shape} but the tensor has shape {tensor.shape}"
+            )
+
+    pending = {}  # id(node) -> gradient of each of its outputs, summed over consumers
+    arrived = {}  # id(tensor) -> [tensor, summed gradient] for leaves and retain_grad tensors
+
+    def deliver(target, g) -> None:
+        held = target if isinstance(target, Tensor) else target.ref()
+        if held is not None and (held.grad_fn is None or held.retains_grad):
+            entry = arrived.setdefault(id(held), [held, None])
+            entry[1] = g if entry[1] is None else entry[1] + g
+        if not isinstance(target, Tensor):
+            slots = pending.setdefault(id(target.node), [None] * len(target.node.outputs))
+            slots[target.index] = g if slots[target.index] is None else slots[target.index] + g
+
+    deliver(tensor if tensor.grad_fn is None else Edge(tensor), gradient)
+    for node in _topological_order(tensor.grad_fn) if tensor.grad_fn is not None else ():
+        grad_outs = pending.pop(id(node), None)
+        if grad_outs is None:
+            continue  # no gradient reaches this node from the root
+        if node._released:
+            node.saved_tensors  # raises, naming retain_graph
+        if len(grad_outs) > 1:
+            xp = backend.array_module(*grad_outs)
+            grad_outs = [g if g is not None else xp.zeros(shape, dtype)
+                         for g, (shape, dtype) in zip(grad_outs, node.outputs)]
+        grad_ins = node.fn.backward(node, *grad_outs)
+        if not isinstance(grad_ins, tuple):
+            grad_ins = (grad_ins,)
+        if len(grad_ins) != len(node.edges):
+            raise RuntimeError(
+                f"{node.fn.__name__}.backward returned {len(grad_ins)} gradients; expected "
+                f"{len(node.edges)}, one per forward argument (None where not needed)"
+            )
+        if _anomaly:
+            _check_finite(grad_ins, node.fn.__name__, "backward")
+        for target, g in zip(node.edges, grad_ins):
+            if target is None or g is None:
+                continue
+            if g.shape != target.shape or g.dtype != target.dtype:
+                raise RuntimeError(
+                    f"{node.fn.__name__}.backward returned a gradient of shape {g.shape} and "
+                    f"dtype {g.dtype} for an input of shape {target.shape} and dtype {target.dtype}"
+                )
+            deliver(target, g)
+        if not retain_graph:
+            node.release()
+
+    # Leaves take their gradients last, when no graph buffer refers to them any more. A leaf
+    # owns its .grad: it copies an array that another leaf (or the caller) also holds.
+    owners = {}
+    for t, g in arrived.values():
+        if t.grad is not None:
+            t.grad += g
+            continue
+        shared = g is gradient or id(g) in owners or getattr(g, "base", None) is not None
+        t.grad = g.copy() if shared else g
+        owners[id(g)] = t

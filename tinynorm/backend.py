@@ -1,0 +1,224 @@
+"""The array backend: the one module that names NumPy or CuPy.
+
+Every op takes its array module ``xp`` from its inputs (``array_module``), so one body
+serves both; this module decides which backend *new* arrays are made on, imports CuPy
+only when asked, and owns the random generators.
+
+    import tinynorm as tn
+    tn.backend.use("cupy")              # from now on
+    with tn.backend.use("numpy"):       # or for a block
+        ...
+
+The environment variable ``TINYNORM_BACKEND`` (``numpy`` or ``cupy``) sets the backend at
+import time.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy
+
+GPU_FIX = 'pip install "tinynorm[gpu]"'
+BACKENDS = ("numpy", "cupy")
+
+# dtypes under PyTorch's names; arrays of either backend accept NumPy dtypes.
+float16 = numpy.dtype("float16")
+float32 = numpy.dtype("float32")
+float64 = numpy.dtype("float64")
+int32 = numpy.dtype("int32")
+int64 = numpy.dtype("int64")
+bool_ = numpy.dtype("bool")
+DEFAULT_FLOAT = float32
+
+_cupy = None
+_current = "numpy"
+_seed = None
+_generators: dict = {}
+
+
+def _load_cupy():
+    """Import CuPy on first use and check that a GPU is visible."""
+    global _cupy
+    if _cupy is not None:
+        return _cupy
+    try:
+        import cupy
+    except ImportError as err:
+        raise RuntimeError(
+            f"tinynorm: the cupy backend needs CuPy, which is not installed ({err}). "
+            f"Fix: {GPU_FIX} on a machine with an NVIDIA GPU and CUDA 12."
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDA driver missing or broken
+        raise RuntimeError(
+            f"tinynorm: CuPy is installed but no CUDA GPU is usable ({err}). "
+            f"The cupy backend needs an NVIDIA GPU with its driver; {GPU_FIX} matches CUDA 12."
+        ) from None
+    if count == 0:
+        raise RuntimeError(
+            f"tinynorm: CuPy is installed but no CUDA GPU is visible. "
+            f"The cupy backend needs an NVIDIA GPU; {GPU_FIX} matches CUDA 12."
+        )
+    _cupy = cupy
+    return cupy
+
+
+def gpu_available() -> bool:
+    """True when the cupy backend can be used here."""
+    try:
+        _load_cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+def module(name: str):
+    """The array module of backend ``name``."""
+    if name == "numpy":
+        return numpy
+    if name == "cupy":
+        return _load_cupy()
+    raise ValueError(f"tinynorm.backend: unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+class use:
+    """Select the backend new arrays are created on.
+
+    Call it to switch for good, or use it as a context manager to switch for a block::
+
+        with tn.backend.use("cupy"):
+            x = tn.randn(4, 4)          # on the GPU
+    """
+
+    def __init__(self, name: str):
+        global _current
+        module(name)  # validates the name and, for cupy, the GPU
+        self._previous, _current = _current, name
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        global _current
+        _current = self._previous
+        return False
+
+
+def current() -> str:
+    """Name of the backend new arrays are created on: ``"numpy"`` or ``"cupy"``."""
+    return _current
+
+
+def xp():
+    """The array module of the current backend."""
+    return module(_current)
+
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def device_of(a) -> str:
+    """``"cpu"`` for a NumPy array, ``"cuda:N"`` for a CuPy array."""
+    if _is_cupy(a):
+        return f"cuda:{a.device.id}"
+    return "cpu"
+
+
+def array_module(*arrays, op: str = "op"):
+    """NumPy or CuPy, read off the arrays themselves (Chainer's get_array_module).
+
+    Non-arrays (Python scalars, None) are ignored. Arrays from both backends in one op
+    raise a TypeError naming the op and both devices: tinynorm never copies silently.
+    """
+    found_cpu = found_gpu = None
+    for a in arrays:
+        if _is_cupy(a):
+            found_gpu = a
+        elif isinstance(a, numpy.ndarray):
+            found_cpu = a
+    if found_gpu is not None and found_cpu is not None:
+        raise TypeError(
+            f"{op}: inputs live on different devices: one on cpu (numpy, shape "
+            f"{found_cpu.shape}) and one on {device_of(found_gpu)} (cupy, shape "
+            f"{found_gpu.shape}). Move them with .to('cuda') or .cpu() first."
+        )
+    return _cupy if found_gpu is not None else numpy
+
+
+def to_numpy(a):
+    """A NumPy array with ``a``'s values (copied from the GPU when ``a`` is a CuPy array)."""
+    if _is_cupy(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def asarray(data, dtype=None, device: str | None = None):
+    """``data`` as an array on ``device`` (``"cpu"``/``"cuda"``; None: the current backend)."""
+    if device is None:
+        name = _current
+    else:
+        name = "cupy" if str(device).startswith("cuda") else "numpy"
+        if not str(device).startswith(("cpu", "cuda")):
+            raise ValueError(f"tinynorm: unknown device {device!r}; expected 'cpu' or 'cuda'")
+    if name == "numpy":
+        return numpy.asarray(to_numpy(data), dtype=dtype)
+    return _load_cupy().asarray(data, dtype=dtype)
+
+
+def numpy_dtype(dtype):
+    """``dtype`` (a NumPy dtype, a scalar type, or a name like "float32") as a NumPy dtype."""
+    try:
+        return numpy.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"tinynorm: {dtype!r} is not a dtype") from None
+
+
+def is_array(a) -> bool:
+    return isinstance(a, numpy.ndarray) or _is_cupy(a)
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generators of every backend (randn, rand, dropout masks, init)."""
+    global _seed
+    _seed = int(seed)
+    _generators.clear()
+
+
+def generator(xp_module):
+    """The random generator of a backend, made on first use from the last manual_seed."""
+    name = "cupy" if xp_module is not numpy else "numpy"
+    gen = _generators.get(name)
+    if gen is None:
+        gen = xp_module.random.default_rng(_seed)
+        _generators[name] = gen
+    return gen
+
+
+def erf(a):
+    """The exact error function on either backend (SciPy on CPU, cupyx on GPU)."""
+    if _is_cupy(a):
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(a)
+    import scipy.special
+
+    return scipy.special.erf(a)
+
+
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` with repeated indices accumulated (np.add.at)."""
+    if _is_cupy(target):
+        import cupyx
+
+        cupyx.scatter_add(target, index, values)
+    else:
+        numpy.add.at(target, index, values)
+
+
+_env = os.environ.get("TINYNORM_BACKEND", "").strip().lower()
+if _env:
+    if _env not in BACKENDS:
+        raise ValueError(f"TINYNORM_BACKEND={_env!r}; expected one of {BACKENDS}")
+    use(_env)

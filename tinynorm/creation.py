@@ -1,0 +1,137 @@
+"""Making tensors: tensor, zeros, ones, empty, full, randn, rand, arange and the *_like forms.
+
+Defaults follow PyTorch: float32 unless a dtype is given, on the current backend unless a
+device is given; random values come from the backend's generator (``tn.manual_seed``).
+"""
+from __future__ import annotations
+
+from . import backend
+from .tensor import Tensor
+
+
+def _xp(device):
+    if device is None:
+        return backend.xp()
+    d = str(device)
+    if d.startswith("cuda"):
+        return backend.module("cupy")
+    if d.startswith("cpu"):
+        return backend.module("numpy")
+    raise ValueError(f"tinynorm: unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+def _size(size):
+    if len(size) == 1 and isinstance(size[0], (tuple, list)):
+        size = tuple(size[0])
+    return tuple(int(s) for s in size)
+
+
+def _dtype(dtype):
+    return backend.DEFAULT_FLOAT if dtype is None else backend.numpy_dtype(dtype)
+
+
+def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
+    """A new tensor holding a copy of ``data``.
+
+    dtype rules, as PyTorch: Python floats (and lists of them) become float32; NumPy/CuPy
+    arrays keep their dtype (float64 stays float64); integers and bools keep an integer or
+    bool dtype, for indices, targets and masks.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if backend.is_array(data):
+        device = device or ("cuda" if backend.device_of(data).startswith("cuda") else "cpu")
+        arr = _xp(device).array(backend.to_numpy(data) if str(device).startswith("cpu") else data,
+                                dtype=None if dtype is None else backend.numpy_dtype(dtype))
+    else:
+        arr = _xp(device).array(data, dtype=None if dtype is None else backend.numpy_dtype(dtype))
+        if dtype is None and arr.dtype.kind == "f":
+            arr = arr.astype(backend.DEFAULT_FLOAT)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def as_tensor(data, dtype=None, device=None) -> Tensor:
+    """Like ``tensor`` but shares memory with an array of the right dtype and device."""
+    if isinstance(data, Tensor) and dtype is None and device is None:
+        return data
+    if backend.is_array(data) and device is None and (dtype is None or data.dtype == dtype):
+        return Tensor(data)
+    return tensor(data, dtype=dtype, device=device)
+
+
+def _filled(fill, size, dtype, device, requires_grad):
+    xp = _xp(device)
+    return Tensor(xp.full(_size(size), fill, dtype=_dtype(dtype)), requires_grad=requires_grad)
+
+
+def zeros(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _filled(0, size, dtype, device, requires_grad)
+
+
+def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _filled(1, size, dtype, device, requires_grad)
+
+
+def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return _filled(fill_value, (size,) if isinstance(size, int) else tuple(size), dtype, device,
+                   requires_grad)
+
+
+def empty(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    return Tensor(_xp(device).empty(_size(size), dtype=_dtype(dtype)), requires_grad=requires_grad)
+
+
+def randn(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """Standard normal samples."""
+    xp = _xp(device)
+    dt = _dtype(dtype)
+    data = backend.generator(xp).standard_normal(_size(size), dtype=dt)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def rand(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """Uniform samples on [0, 1)."""
+    xp = _xp(device)
+    data = backend.generator(xp).random(_size(size), dtype=_dtype(dtype))
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """Like torch.arange: int64 for integer arguments, float32 otherwise."""
+    if end is None:
+        start, end = 0, start
+    if dtype is None:
+        ints = all(isinstance(v, int) for v in (start, end, step))
+        dtype = backend.int64 if ints else backend.DEFAULT_FLOAT
+    return Tensor(_xp(device).arange(start, end, step, dtype=backend.numpy_dtype(dtype)),
+                  requires_grad=requires_grad)
+
+
+def _like(fn, t: Tensor, dtype, requires_grad, *args):
+    return fn(*args, *t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad) \
+        if args == () else fn(t.shape, *args, dtype=dtype or t.dtype, device=t.device,
+                              requires_grad=requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    return _like(zeros, t, dtype, requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    return _like(ones, t, dtype, requires_grad)
+
+
+def empty_like(t, dtype=None, requires_grad=False):
+    return _like(empty, t, dtype, requires_grad)
+
+
+def randn_like(t, dtype=None, requires_grad=False):
+    return _like(randn, t, dtype, requires_grad)
+
+
+def rand_like(t, dtype=None, requires_grad=False):
+    return _like(rand, t, dtype, requires_grad)
+
+
+def full_like(t, fill_value, dtype=None, requires_grad=False):
+    return _like(full, t, dtype, requires_grad, fill_value)

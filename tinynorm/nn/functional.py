@@ -1,0 +1,2 @@
+"""``tinynorm.nn.functional``: the functional form of every op, under PyTorch's names."""
+from ..ops import dropout, gelu, linear, log_softmax, relu, softmax, tanh  # noqa: F401

@@ -1,0 +1,15 @@
+"""Every differentiable op of tinynorm, one Function each, forward beside backward.
+
+The functions here take and return Tensors; ``tinynorm.nn.functional`` and the Tensor
+methods are thin names over them.
+"""
+from .arithmetic import add, div, mul, neg, pow, sub
+from .cast import cast
+from .dropout import dropout
+from .matmul import linear, matmul
+from .pointwise import abs, exp, gelu, log, relu, sqrt, tanh
+from .reduce import max, mean, sum
+from .select import masked_fill, where
+from .shape import (cat, chunk, expand, flatten, getitem, permute, reshape, split, squeeze,
+                    stack, transpose, unsqueeze)
+from .softmax import log_softmax, softmax

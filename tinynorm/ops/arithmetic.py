@@ -1,0 +1,153 @@
+"""Elementwise arithmetic with NumPy broadcasting: add, sub, mul, div, neg, pow.
+
+Each binary op takes Tensors or Python numbers. The backward of each is the local
+derivative times ``grad_out``, summed back to the input's shape by ``unbroadcast``.
+"""
+from __future__ import annotations
+
+from ..autograd import Function
+from ..tensor import Tensor
+from ._adjoint import broadcast_shape, unbroadcast
+
+
+def _shape(a):
+    return a.shape if hasattr(a, "shape") else ()
+
+
+def _check(op, a, b):
+    broadcast_shape(op, _shape(a), _shape(b))
+
+
+class Add(Function):
+    """y = a + b (the residual add)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _check("add", a, b)
+        ctx.shapes = (_shape(a), _shape(b))
+        return a + b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/da = dy/db = 1, so each input gets grad_out summed to its shape. Saves shapes only."""
+        shape_a, shape_b = ctx.shapes
+        return (unbroadcast(grad_out, shape_a) if ctx.needs_input_grad[0] else None,
+                unbroadcast(grad_out, shape_b) if ctx.needs_input_grad[1] else None)
+
+
+class Sub(Function):
+    """y = a − b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _check("sub", a, b)
+        ctx.shapes = (_shape(a), _shape(b))
+        return a - b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """da = grad_out, db = −grad_out, each summed to its input's shape. Saves shapes only."""
+        shape_a, shape_b = ctx.shapes
+        return (unbroadcast(grad_out, shape_a) if ctx.needs_input_grad[0] else None,
+                unbroadcast(-grad_out, shape_b) if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    """y = a · b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _check("mul", a, b)
+        # each gradient needs only the *other* factor
+        ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
+                              a if ctx.needs_input_grad[1] else None)
+        ctx.shapes = (_shape(a), _shape(b))
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """da = grad_out · b, db = grad_out · a. Saves b only if a needs grad, and vice versa."""
+        b, a = ctx.saved_tensors
+        shape_a, shape_b = ctx.shapes
+        return (unbroadcast(grad_out * b, shape_a) if ctx.needs_input_grad[0] else None,
+                unbroadcast(grad_out * a, shape_b) if ctx.needs_input_grad[1] else None)
+
+
+class Div(Function):
+    """y = a / b."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _check("div", a, b)
+        y = a / b
+        ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
+        ctx.shapes = (_shape(a), _shape(b))
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """da = grad_out / b; db = −grad_out · a / b² = −grad_out · y / b.
+
+        Saves b, and y (the output, already alive) only when b needs a gradient.
+        """
+        b, y = ctx.saved_tensors
+        shape_a, shape_b = ctx.shapes
+        ga = grad_out / b
+        return (unbroadcast(ga, shape_a) if ctx.needs_input_grad[0] else None,
+                unbroadcast(-ga * y, shape_b) if ctx.needs_input_grad[1] else None)
+
+
+class Neg(Function):
+    """y = −x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dx = −grad_out. Saves nothing."""
+        return -grad_out
+
+
+class Pow(Function):
+    """y = x^p for a scalar exponent p."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        ctx.p = p
+        ctx.save_for_backward(x)
+        return x ** p
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dx = grad_out · p · x^(p−1). Saves x (p is a number)."""
+        (x,) = ctx.saved_tensors
+        p = ctx.p
+        return grad_out * (p * x ** (p - 1)), None
+
+
+def add(a, b):
+    return Add.apply(a, b)
+
+
+def sub(a, b):
+    return Sub.apply(a, b)
+
+
+def mul(a, b):
+    return Mul.apply(a, b)
+
+
+def div(a, b):
+    return Div.apply(a, b)
+
+
+def neg(x):
+    return Neg.apply(x)
+
+
+def pow(x, exponent):
+    if isinstance(exponent, Tensor):
+        raise TypeError("pow: the exponent must be a Python number; tensor exponents are not supported")
+    return Pow.apply(x, exponent)

@@ -1,0 +1,39 @@
+"""Dropout with inverted scaling."""
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Function
+from ._adjoint import require_float
+
+
+class Dropout(Function):
+    """y = x · m / (1 − p), m_i ~ Bernoulli(1 − p) from the backend's generator.
+
+    Scaling by 1/(1 − p) at training time keeps E[y] = x, so evaluation needs no change.
+    """
+
+    @staticmethod
+    def forward(ctx, x, p):
+        require_float("dropout", x)
+        xp = backend.array_module(x)
+        keep = backend.generator(xp).random(x.shape, dtype=x.dtype) >= p
+        scale = keep * x.dtype.type(1.0 / (1.0 - p)) if p < 1 else xp.zeros_like(x)
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """y = x · s with s = m / (1 − p) fixed by forward: dx = grad_out · s.
+        Saves s (one array of x's size; a bool mask would be a quarter of it in float32,
+        but s saves the multiply by 1/(1 − p) in backward)."""
+        (scale,) = ctx.saved_tensors
+        return grad_out * scale, None
+
+
+def dropout(x, p=0.5, training=True):
+    """``F.dropout``: identity when p == 0 or not training."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0.0:
+        return x
+    return Dropout.apply(x, float(p))

@@ -1,0 +1,101 @@
+"""Matrix products: matmul (batched, broadcast) and linear (x @ Wᵀ + b)."""
+from __future__ import annotations
+
+from ..autograd import Function
+from ._adjoint import broadcast_shape, unbroadcast
+
+
+def _as_matrices(a, b):
+    """NumPy's promotion of 1-D operands: a (k,) -> (1, k), b (k,) -> (k, 1)."""
+    return (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+
+
+class MatMul(Function):
+    """y = a @ b with NumPy's matmul rules (1-D operands promoted, batch dims broadcast)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: both operands need at least 1 dim; got shapes {a.shape} and {b.shape}")
+        k_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
+        if a.shape[-1] != k_b:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align: "
+                             f"{a.shape[-1]} (last dim of a) != {k_b} (contracted dim of b)")
+        broadcast_shape("matmul", a.shape[:-2], b.shape[:-2])
+        ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
+                              a if ctx.needs_input_grad[1] else None)
+        ctx.ndims = (a.ndim, b.ndim)
+        ctx.shapes = (a.shape, b.shape)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Per batch, with A = a and B = b as matrices and G = grad_out: dA = G Bᵀ, dB = Aᵀ G.
+
+        (y_ij = Σ_k A_ik B_kj, so ∂y_ij/∂A_ik = B_kj and ∂y_ij/∂B_kj = A_ik.)
+        1-D operands are promoted as in forward, and G gets the axes matmul dropped, so the
+        same two products apply; broadcast batch dims are summed back by ``unbroadcast``.
+        Saves b only if a needs grad, and a only if b needs grad.
+        """
+        b, a = ctx.saved_tensors
+        nd_a, nd_b = ctx.ndims
+        shape_a, shape_b = ctx.shapes
+        g = grad_out
+        if nd_a == 1:
+            g = g[..., None, :]
+        if nd_b == 1:
+            g = g[..., None]
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            b2 = b[:, None] if nd_b == 1 else b
+            ga2 = g @ b2.swapaxes(-1, -2)
+            ga = unbroadcast(ga2, (1,) * (nd_a == 1) + shape_a).reshape(shape_a)
+        if ctx.needs_input_grad[1]:
+            a2 = a[None, :] if nd_a == 1 else a
+            gb2 = a2.swapaxes(-1, -2) @ g
+            gb = unbroadcast(gb2, shape_b + (1,) * (nd_b == 1)).reshape(shape_b)
+        return ga, gb
+
+
+class Linear(Function):
+    """y = x Wᵀ + b for x of shape (..., in), W (out, in), b (out,) or None."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input of shape {x.shape} and weight of shape {weight.shape} do "
+                             f"not fit: expected input (..., {weight.shape[-1]}) and weight (out, in)")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias of shape {bias.shape}; expected ({weight.shape[0]},) "
+                             f"for weight of shape {weight.shape}")
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
+                              weight if ctx.needs_input_grad[0] else None)
+        y = x @ weight.T
+        if bias is not None:
+            y += bias  # y is our own fresh array
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """With G = grad_out flattened to (rows, out) and X to (rows, in):
+
+        dx = G W,   dW = Gᵀ X,   db = Σ_rows G.
+
+        The leading dims are flattened so dW is one (out, rows) @ (rows, in) product.
+        Saves x only if W needs grad, W only if x needs grad.
+        """
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = grad_out @ weight if need_x else None
+        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        dw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None
+        db = g2.sum(axis=0) if need_b else None
+        return dx, dw, db
+
+
+def matmul(a, b):
+    return MatMul.apply(a, b)
+
+
+def linear(x, weight, bias=None):
+    return Linear.apply(x, weight, bias)

@@ -1,0 +1,186 @@
+"""Elementwise functions: exp, log, sqrt, abs, tanh, relu, gelu.
+
+Where the derivative can be written in terms of the output (exp, sqrt, tanh) the op saves
+the output, which the caller keeps alive anyway, instead of the input.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..autograd import Function
+from ._adjoint import require_float
+
+
+class Exp(Function):
+    """y = eˣ."""
+
+    @staticmethod
+    def forward(ctx, x):
+        require_float("exp", x)
+        y = backend.array_module(x).exp(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = eˣ = y: dx = grad_out · y. Saves y (the output)."""
+        (y,) = ctx.saved_tensors
+        return grad_out * y
+
+
+class Log(Function):
+    """y = ln x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        require_float("log", x)
+        ctx.save_for_backward(x)
+        return backend.array_module(x).log(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = 1/x: dx = grad_out / x. Saves x."""
+        (x,) = ctx.saved_tensors
+        return grad_out / x
+
+
+class Sqrt(Function):
+    """y = √x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        require_float("sqrt", x)
+        y = backend.array_module(x).sqrt(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = 1/(2√x) = 1/(2y): dx = grad_out / (2y). Saves y (the output)."""
+        (y,) = ctx.saved_tensors
+        return grad_out / (2 * y)
+
+
+class Abs(Function):
+    """y = |x|."""
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = backend.array_module(x)
+        ctx.save_for_backward(xp.sign(x))
+        return xp.abs(x)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice). Saves sign(x)."""
+        (sign,) = ctx.saved_tensors
+        return grad_out * sign
+
+
+class Tanh(Function):
+    """y = tanh x."""
+
+    @staticmethod
+    def forward(ctx, x):
+        require_float("tanh", x)
+        y = backend.array_module(x).tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """d tanh(x)/dx = 1 − tanh²(x) = 1 − y²: dx = grad_out · (1 − y²). Saves y only."""
+        (y,) = ctx.saved_tensors
+        return grad_out * (1 - y * y)
+
+
+class ReLU(Function):
+    """y = max(x, 0)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = backend.array_module(x).maximum(x, 0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = 1 where x > 0, else 0 (0 at x = 0, as PyTorch). x > 0 ⇔ y > 0, so the
+        output is saved (alive anyway) instead of the input."""
+        (y,) = ctx.saved_tensors
+        return grad_out * (y > 0)
+
+
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_GELU_C = 0.044715
+
+
+class GELU(Function):
+    """GELU, exact or tanh-approximated, as PyTorch:
+
+    approximate="none":  y = x · Φ(x),           Φ(x) = ½ (1 + erf(x/√2))
+    approximate="tanh":  y = ½ x (1 + tanh(u)),  u = √(2/π) (x + 0.044715 x³)
+    """
+
+    @staticmethod
+    def forward(ctx, x, approximate="none"):
+        require_float("gelu", x)
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        xp = backend.array_module(x)
+        ctx.approximate = approximate
+        ctx.save_for_backward(x)
+        if approximate == "none":
+            return x * (0.5 * (1.0 + backend.erf(x / _SQRT_2)))
+        u = _SQRT_2_OVER_PI * (x + _GELU_C * x ** 3)
+        return 0.5 * x * (1.0 + xp.tanh(u))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """The exact derivative of each form:
+
+        none:  dy/dx = Φ(x) + x φ(x),  φ(x) = e^(−x²/2) / √(2π)
+        tanh:  with t = tanh(u), dy/dx = ½ (1 + t) + ½ x (1 − t²) · √(2/π) (1 + 3·0.044715 x²)
+
+        Saves x; Φ, φ and t are recomputed (cheaper in memory than saving them).
+        """
+        (x,) = ctx.saved_tensors
+        xp = backend.array_module(x)
+        if ctx.approximate == "none":
+            cdf = 0.5 * (1.0 + backend.erf(x / _SQRT_2))
+            pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+            return grad_out * (cdf + x * pdf), None
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x ** 3))
+        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
+        return grad_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx), None
+
+
+def exp(x):
+    return Exp.apply(x)
+
+
+def log(x):
+    return Log.apply(x)
+
+
+def sqrt(x):
+    return Sqrt.apply(x)
+
+
+def abs(x):  # noqa: A001 — PyTorch's name
+    return Abs.apply(x)
+
+
+def tanh(x):
+    return Tanh.apply(x)
+
+
+def relu(x):
+    return ReLU.apply(x)
+
+
+def gelu(x, approximate="none"):
+    return GELU.apply(x, approximate)

@@ -1,0 +1,257 @@
+"""Ops that move elements without changing them: reshape, permute, indexing, cat, split.
+
+Each backward is the inverse movement applied to ``grad_out``; none saves an array.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..autograd import Function
+from ..tensor import Tensor
+from ._adjoint import normalize_dim
+
+
+def _sizes(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(s) for s in shape)
+
+
+class Reshape(Function):
+    """y = x with a new shape (one -1 allowed); the number of elements must match."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        known = math.prod(s for s in shape if s != -1)
+        if shape.count(-1) > 1 or (-1 not in shape and known != x.size) or (
+                -1 in shape and (known == 0 or x.size % known)):
+            raise ValueError(f"reshape: cannot view a tensor of shape {x.shape} ({x.size} elements) "
+                             f"as shape {shape}")
+        ctx.shape = x.shape
+        return x.reshape(shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Reshaping is a bijection of positions: dx = grad_out reshaped back. Saves the shape."""
+        return grad_out.reshape(ctx.shape), None
+
+
+class Permute(Function):
+    """y = x with its dims reordered: y.shape[i] = x.shape[dims[i]]."""
+
+    @staticmethod
+    def forward(ctx, x, dims):
+        if sorted(normalize_dim("permute", d, x.ndim) for d in dims) != list(range(x.ndim)):
+            raise ValueError(f"permute: dims {dims} are not a permutation of the {x.ndim} dims of "
+                             f"a tensor of shape {x.shape}")
+        dims = tuple(normalize_dim("permute", d, x.ndim) for d in dims)
+        ctx.dims = dims
+        return x.transpose(dims)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """The adjoint of a permutation is its inverse: dx = grad_out.transpose(argsort(dims))."""
+        inverse = sorted(range(len(ctx.dims)), key=ctx.dims.__getitem__)
+        return grad_out.transpose(inverse), None
+
+
+class Expand(Function):
+    """y = x broadcast to ``shape`` (-1 keeps a dim), as torch.Tensor.expand."""
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        lead = len(shape) - x.ndim
+        if lead < 0:
+            raise ValueError(f"expand: shape {shape} has fewer dims than the tensor's {x.shape}")
+        target = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
+        ctx.shape = x.shape
+        try:
+            return backend.array_module(x).broadcast_to(x, target)
+        except ValueError:
+            raise ValueError(f"expand: a tensor of shape {x.shape} cannot be expanded to {shape}") from None
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """The adjoint of broadcasting is summation over the copies (``unbroadcast``)."""
+        from ._adjoint import unbroadcast
+
+        return unbroadcast(grad_out, ctx.shape), None
+
+
+class GetItem(Function):
+    """y = x[index]: basic slicing, integer-array (advanced) and boolean indexing."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.shape, ctx.dtype, ctx.index = x.shape, x.dtype, index
+        try:
+            return x[index]
+        except IndexError as err:
+            raise IndexError(f"getitem: index {index!r} is invalid for a tensor of shape {x.shape}: {err}") from None
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dx is zero except at the selected positions, which receive grad_out.
+
+        With integer arrays a position can be selected several times; its gradient is the
+        sum of those contributions, so the scatter accumulates (``scatter_add``) instead of
+        assigning. Saves the index (indices are small next to x).
+        """
+        xp = backend.array_module(grad_out)
+        dx = xp.zeros(ctx.shape, dtype=ctx.dtype)
+        if _repeats_possible(ctx.index):
+            backend.scatter_add(dx, ctx.index, grad_out)
+        else:
+            dx[ctx.index] = grad_out
+        return dx, None
+
+
+def _repeats_possible(index) -> bool:
+    """Only integer arrays can select an element twice; slices, ints and masks cannot."""
+    items = index if isinstance(index, tuple) else (index,)
+    return any(backend.is_array(i) and i.dtype.kind in "iu" for i in items)
+
+
+class Cat(Function):
+    """y = the inputs joined along ``dim``; all other dims must match."""
+
+    @staticmethod
+    def forward(ctx, dim, *xs):
+        if not xs:
+            raise ValueError("cat: expected a non-empty sequence of tensors")
+        ref = xs[0]
+        d = normalize_dim("cat", dim, ref.ndim)
+        for i, x in enumerate(xs):
+            if x.dtype != ref.dtype:
+                raise TypeError(f"cat: tensor {i} has dtype {x.dtype}, tensor 0 has {ref.dtype}; "
+                                "convert with .to(dtype) first")
+            if x.ndim != ref.ndim or x.shape[:d] + x.shape[d + 1:] != ref.shape[:d] + ref.shape[d + 1:]:
+                raise ValueError(f"cat: tensor {i} has shape {x.shape}, which does not match tensor 0's "
+                                 f"{ref.shape} outside dim {dim}")
+        ctx.dim, ctx.sizes = d, [x.shape[d] for x in xs]
+        return backend.array_module(*xs).concatenate(xs, axis=d)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Each input's gradient is its own slice of grad_out along dim. Saves the sizes."""
+        bounds = [0]
+        for n in ctx.sizes:
+            bounds.append(bounds[-1] + n)
+        index = [slice(None)] * grad_out.ndim
+        grads = []
+        for lo, hi in zip(bounds, bounds[1:]):
+            index[ctx.dim] = slice(lo, hi)
+            grads.append(grad_out[tuple(index)])
+        return (None, *grads)
+
+
+class Split(Function):
+    """The pieces of x along ``dim`` with the given sizes (several outputs)."""
+
+    @staticmethod
+    def forward(ctx, x, sizes, dim):
+        d = normalize_dim("split", dim, x.ndim)
+        if builtin_sum(sizes) != x.shape[d]:
+            raise ValueError(f"split: sizes {list(sizes)} do not add up to {x.shape[d]}, the size of "
+                             f"dim {dim} of a tensor of shape {x.shape}")
+        ctx.dim, ctx.shape, ctx.dtype = d, x.shape, x.dtype
+        bounds, index, pieces = 0, [slice(None)] * x.ndim, []
+        for n in sizes:
+            index[d] = slice(bounds, bounds + n)
+            pieces.append(x[tuple(index)])
+            bounds += n
+        return tuple(pieces)
+
+    @staticmethod
+    def backward(ctx, *grad_outs):
+        """Splitting's adjoint is concatenation: dx = cat(grad_outs, dim). Saves shapes only."""
+        xp = backend.array_module(*grad_outs)
+        return xp.concatenate(grad_outs, axis=ctx.dim), None, None
+
+
+builtin_sum = sum
+
+
+def reshape(x, *shape):
+    return Reshape.apply(x, _sizes(shape))
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    if x.ndim == 0:
+        return reshape(x, 1)
+    s = normalize_dim("flatten", start_dim, x.ndim)
+    e = normalize_dim("flatten", end_dim, x.ndim)
+    return reshape(x, *x.shape[:s], math.prod(x.shape[s:e + 1]), *x.shape[e + 1:])
+
+
+def permute(x, *dims):
+    return Permute.apply(x, _sizes(dims))
+
+
+def transpose(x, dim0, dim1):
+    dims = list(range(x.ndim))
+    a, b = normalize_dim("transpose", dim0, x.ndim), normalize_dim("transpose", dim1, x.ndim)
+    dims[a], dims[b] = dims[b], dims[a]
+    return Permute.apply(x, tuple(dims))
+
+
+def unsqueeze(x, dim):
+    d = normalize_dim("unsqueeze", dim, x.ndim + 1)
+    return reshape(x, *x.shape[:d], 1, *x.shape[d:])
+
+
+def squeeze(x, dim=None):
+    if dim is None:
+        return reshape(x, *[n for n in x.shape if n != 1])
+    dims = {normalize_dim("squeeze", d, x.ndim) for d in ((dim,) if isinstance(dim, int) else dim)}
+    return reshape(x, *[n for i, n in enumerate(x.shape) if not (i in dims and n == 1)])
+
+
+def expand(x, *shape):
+    return Expand.apply(x, _sizes(shape))
+
+
+def getitem(x, index):
+    if isinstance(index, Tensor):
+        index = index.data
+    elif isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    elif isinstance(index, list):
+        index = backend.array_module(x.data).asarray(index)
+    return GetItem.apply(x, index)
+
+
+def cat(tensors, dim=0):
+    return Cat.apply(dim, *tensors)
+
+
+def stack(tensors, dim=0):
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError("stack: expected a non-empty sequence of tensors")
+    for i, t in enumerate(tensors):
+        if t.shape != tensors[0].shape:
+            raise ValueError(f"stack: tensor {i} has shape {t.shape}, expected {tensors[0].shape} like tensor 0")
+    d = normalize_dim("stack", dim, tensors[0].ndim + 1)
+    return cat([unsqueeze(t, d) for t in tensors], d)
+
+
+def split(x, split_size_or_sections, dim=0):
+    d = normalize_dim("split", dim, x.ndim)
+    n = x.shape[d]
+    if isinstance(split_size_or_sections, int):
+        step = split_size_or_sections
+        if step <= 0:
+            raise ValueError(f"split: split_size must be positive, got {step}")
+        sizes = [min(step, n - i) for i in range(0, n, step)] or [0]
+    else:
+        sizes = [int(s) for s in split_size_or_sections]
+    return Split.apply(x, tuple(sizes), d)
+
+
+def chunk(x, chunks, dim=0):
+    if chunks <= 0:
+        raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    n = x.shape[normalize_dim("chunk", dim, x.ndim)]
+    return split(x, max(-(-n // chunks), 1), dim)

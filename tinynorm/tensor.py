@@ -1,0 +1,304 @@
+"""Tensor: a backend array, an optional gradient, and the node that made it.
+
+A Tensor is deliberately thin. ``.data`` is a NumPy or CuPy array; ``.grad`` is an array of
+the same shape and dtype (or None); ``.grad_fn`` is the autograd node (a ``Context``) that
+produced it, None for leaves. Every method that computes something forwards to a function in
+``tinynorm.ops``, where the forward and its hand-derived backward live side by side.
+"""
+from __future__ import annotations
+
+from . import backend
+
+_FLOAT_KINDS = "f"
+
+
+class Tensor:
+    """An n-dimensional array that can record the operations applied to it.
+
+    Differences from ``torch.Tensor`` (deliberate): ``.data`` and ``.grad`` are backend
+    arrays, not Tensors; ``.device`` is a string (``"cpu"``, ``"cuda:0"``); there are no
+    in-place operators, so no version counter is needed.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "grad_fn", "output_index", "retains_grad",
+                 "__weakref__")
+    __array_priority__ = 1000  # numpy_array + tensor defers to Tensor.__radd__
+
+    def __init__(self, data, requires_grad: bool = False, grad_fn=None, output_index: int = 0):
+        self.data = data
+        self.grad = None
+        self.grad_fn = grad_fn
+        self.output_index = output_index
+        self.retains_grad = False
+        self.requires_grad = False
+        if requires_grad:
+            self.requires_grad_(True)
+
+    # ---- attributes -------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.grad_fn is None
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
+        if requires_grad and self.data.dtype.kind not in _FLOAT_KINDS:
+            raise RuntimeError(
+                f"only floating-point tensors can require gradients; got dtype {self.dtype}"
+            )
+        if not requires_grad and not self.is_leaf:
+            raise RuntimeError("requires_grad can only be switched off on leaf tensors; use .detach()")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward (leaves always keep it)."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad")
+        self.retains_grad = True
+
+    # ---- conversion -------------------------------------------------------------------
+    def numpy(self):
+        """A NumPy array of the values (copied from the GPU for CuPy tensors)."""
+        if self.requires_grad:
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+        return backend.to_numpy(self.data)
+
+    def tolist(self):
+        return backend.to_numpy(self.data).tolist()
+
+    def item(self):
+        if self.data.size != 1:
+            raise RuntimeError(f"a Tensor with {self.data.size} elements cannot be converted to a Python number")
+        return backend.to_numpy(self.data).reshape(()).item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+    def detach(self) -> "Tensor":
+        """The same array, cut from the graph (shares memory, like PyTorch)."""
+        return Tensor(self.data)
+
+    def to(self, *args, **kwargs) -> "Tensor":
+        """``to(dtype)``, ``to(device)`` or ``to(device, dtype)``; differentiable, like PyTorch."""
+        dtype = kwargs.pop("dtype", None)
+        device = kwargs.pop("device", None)
+        if kwargs:
+            raise TypeError(f"Tensor.to: unexpected arguments {sorted(kwargs)}")
+        for a in args:
+            if isinstance(a, str):
+                device = a
+            else:
+                dtype = a
+        return ops.cast(self, dtype=dtype, device=device)
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "Tensor":
+        return self.to("cuda")
+
+    def float(self) -> "Tensor":
+        return self.to(backend.float32)
+
+    def double(self) -> "Tensor":
+        return self.to(backend.float64)
+
+    def __repr__(self) -> str:
+        body = repr(backend.to_numpy(self.data)).replace("array(", "tensor(", 1)
+        extra = ""
+        if self.grad_fn is not None:
+            extra = f", grad_fn=<{self.grad_fn.name}>"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        if self.device != "cpu":
+            extra = f", device='{self.device}'" + extra
+        return body[:-1] + extra + ")" if extra else body
+
+    # ---- autograd -----------------------------------------------------------------------
+    def backward(self, gradient=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) · gradient into every leaf's ``.grad``."""
+        from .autograd import backward
+
+        backward(self, gradient, retain_graph)
+
+    def zero_(self) -> "Tensor":
+        self.data[...] = 0
+        return self
+
+    # ---- arithmetic (NumPy broadcasting) ----------------------------------------------
+    def __add__(self, other):
+        return ops.add(self, other)
+
+    def __radd__(self, other):
+        return ops.add(other, self)
+
+    def __sub__(self, other):
+        return ops.sub(self, other)
+
+    def __rsub__(self, other):
+        return ops.sub(other, self)
+
+    def __mul__(self, other):
+        return ops.mul(self, other)
+
+    def __rmul__(self, other):
+        return ops.mul(other, self)
+
+    def __truediv__(self, other):
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other):
+        return ops.div(other, self)
+
+    def __neg__(self):
+        return ops.neg(self)
+
+    def __pow__(self, exponent):
+        return ops.pow(self, exponent)
+
+    def __matmul__(self, other):
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return ops.matmul(other, self)
+
+    # comparisons give tensors without grad
+    def _compare(self, other, name):
+        other = other.data if isinstance(other, Tensor) else other
+        backend.array_module(self.data, other, op=name)
+        return Tensor(getattr(self.data, name)(other))
+
+    def __lt__(self, other):
+        return self._compare(other, "__lt__")
+
+    def __le__(self, other):
+        return self._compare(other, "__le__")
+
+    def __gt__(self, other):
+        return self._compare(other, "__gt__")
+
+    def __ge__(self, other):
+        return self._compare(other, "__ge__")
+
+    def __eq__(self, other):  # noqa: D105 — elementwise, as PyTorch
+        return self._compare(other, "__eq__")
+
+    def __ne__(self, other):
+        return self._compare(other, "__ne__")
+
+    __hash__ = object.__hash__
+
+    # ---- methods ------------------------------------------------------------------------
+    def sum(self, dim=None, keepdim: bool = False):
+        return ops.sum(self, dim, keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return ops.mean(self, dim, keepdim)
+
+    def max(self, dim=None, keepdim: bool = False):
+        return ops.max(self, dim, keepdim)
+
+    def exp(self):
+        return ops.exp(self)
+
+    def log(self):
+        return ops.log(self)
+
+    def sqrt(self):
+        return ops.sqrt(self)
+
+    def tanh(self):
+        return ops.tanh(self)
+
+    def relu(self):
+        return ops.relu(self)
+
+    def abs(self):
+        return ops.abs(self)
+
+    def softmax(self, dim: int):
+        return ops.softmax(self, dim)
+
+    def log_softmax(self, dim: int):
+        return ops.log_softmax(self, dim)
+
+    def reshape(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def view(self, *shape):
+        return ops.reshape(self, *shape)
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        return ops.flatten(self, start_dim, end_dim)
+
+    def transpose(self, dim0: int, dim1: int):
+        return ops.transpose(self, dim0, dim1)
+
+    def permute(self, *dims):
+        return ops.permute(self, *dims)
+
+    @property
+    def T(self):
+        return ops.permute(self, *reversed(range(self.ndim)))
+
+    def unsqueeze(self, dim: int):
+        return ops.unsqueeze(self, dim)
+
+    def squeeze(self, dim=None):
+        return ops.squeeze(self, dim)
+
+    def expand(self, *shape):
+        return ops.expand(self, *shape)
+
+    def __getitem__(self, index):
+        return ops.getitem(self, index)
+
+    def masked_fill(self, mask, value):
+        return ops.masked_fill(self, mask, value)
+
+    def split(self, split_size_or_sections, dim: int = 0):
+        return ops.split(self, split_size_or_sections, dim)
+
+    def chunk(self, chunks: int, dim: int = 0):
+        return ops.chunk(self, chunks, dim)
+
+    def contiguous(self):
+        return self
+
+
+from . import ops  # noqa: E402 — Tensor's methods are sugar over ops, which build on Tensor
