@@ -1,0 +1,45 @@
+"""Shared timing method of every benchmark: same process, interleaved, medians and ratios.
+
+Each repetition runs every contender once, in turn, so slow drifts of the machine (another
+process, frequency scaling) fall on all of them alike; the median of the repetitions is
+reported, and ratios are taken against the named baseline (PyTorch CPU).
+"""
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+
+
+def interleaved(contenders: dict, repeat: int = 15, warmup: int = 2) -> dict:
+    """Median seconds per call of each ``name -> zero-argument callable``, interleaved."""
+    for _ in range(warmup):
+        for fn in contenders.values():
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, fn in contenders.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def table(rows: list, columns: list) -> str:
+    """A plain-text table; ``rows`` is a list of dicts keyed by ``columns``."""
+    cells = [[str(c) for c in columns]] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1e3, 3)
