@@ -3,3 +3,6 @@ from . import functional  # noqa: F401
 from . import init  # noqa: F401
 from .module import Module, Parameter  # noqa: F401
 from .linear import Identity, Linear  # noqa: F401
+from .container import ModuleDict, ModuleList, Sequential  # noqa: F401
+from .activation import GELU, LogSoftmax, ReLU, Softmax, Tanh  # noqa: F401
+from .dropout import Dropout  # noqa: F401
