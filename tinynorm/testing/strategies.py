@@ -1,0 +1,195 @@
+"""Hypothesis strategies for well-conditioned op inputs (host NumPy arrays).
+
+Finite differences need inputs on which the function is smooth at the scale of ``eps``:
+no two elements so close that a max or a sort can swap them, nothing on a kink such as
+relu's 0 (``avoid=``), rows with spread for normalisation. ``arrays`` therefore draws a seed
+and spreads its values over ``[lo, hi]`` (one value per equal-width bin, each in its bin's
+middle half, then shuffled), so any two elements are at least ``(hi − lo) / 2n`` apart.
+Shapes come from ``hypothesis.extra.numpy`` and shrink as usual; values shrink with the seed.
+
+Arrays are on the host: wrap them with ``tn.tensor(a, requires_grad=True)`` (which copies
+them to the current backend).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import hypothesis.extra.numpy as hnp
+from hypothesis import strategies as st
+
+from .. import backend
+
+np = backend.module("numpy")  # strategies draw host arrays
+
+MASK_KINDS = ("none", "bool", "float", "causal")
+_seeds = st.integers(0, 2**32 - 1)
+
+
+def shapes(min_dims: int = 1, max_dims: int = 4, min_side: int = 1, max_side: int = 5):
+    """Array shapes (tuples of ints) of ``min_dims..max_dims`` dims, each side in
+    ``min_side..max_side``; shrinks towards fewer and smaller dims."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side,
+                            max_side=max_side)
+
+
+def _allowed_intervals(lo: float, hi: float, avoid, margin: float) -> list:
+    """[lo, hi] with the open interval (p − margin, p + margin) removed around each p."""
+    intervals = [(lo, hi)]
+    for p in sorted(avoid):
+        next_intervals = []
+        for a, b in intervals:
+            if p + margin <= a or p - margin >= b:
+                next_intervals.append((a, b))
+                continue
+            if p - margin > a:
+                next_intervals.append((a, p - margin))
+            if p + margin < b:
+                next_intervals.append((p + margin, b))
+        intervals = next_intervals
+    return intervals
+
+
+def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0.1):
+    """``n`` shuffled float64 values in ``[lo, hi]``, pairwise at least ``L / 2n`` apart
+    (``L`` the length allowed), none closer than ``margin`` to a point of ``avoid``.
+
+    Stratified: value ``j`` sits in the middle half of the ``j``-th of ``n`` equal bins laid
+    over the allowed set, so neighbours keep half a bin between them.
+    """
+    intervals = _allowed_intervals(float(lo), float(hi), avoid, float(margin))
+    lengths = np.array([b - a for a, b in intervals])
+    if not intervals or lengths.sum() <= 0:
+        raise ValueError(f"strategies: nothing of [{lo}, {hi}] is left after avoiding {tuple(avoid)} "
+                         f"by margin {margin}")
+    width = lengths.sum() / max(n, 1)
+    positions = (np.arange(n) + 0.25 + 0.5 * rng.random(n)) * width  # in the allowed length
+    starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
+    which = np.searchsorted(starts, positions, side="right") - 1
+    values = np.array([a for a, _ in intervals])[which] + (positions - starts[which])
+    return rng.permutation(values)
+
+
+@st.composite
+def arrays(draw, shape, dtype=backend.float64, lo: float = -3.0, hi: float = 3.0, *,
+           avoid=(), margin: float = 0.1):
+    """Arrays of ``shape`` (a tuple or a strategy of tuples) and ``dtype``, well conditioned
+    for finite differences: finite values in ``[lo, hi]``, any two at least
+    ``(hi − lo) / 2n`` apart (n elements; no repeated fill value, no near-ties for max),
+    and none within ``margin`` of a point in ``avoid`` (e.g. ``avoid=(0.0,)`` for relu)."""
+    if not isinstance(shape, tuple):
+        shape = draw(shape)
+    rng = np.random.default_rng(draw(_seeds))
+    size = int(np.prod(shape, dtype=np.int64))
+    values = spread_values(rng, size, lo, hi, avoid, margin)
+    return values.reshape(shape).astype(dtype)
+
+
+def broadcastable_shapes(n: int, min_dims: int = 0, max_dims: int = 4, min_side: int = 1,
+                         max_side: int = 5):
+    """Tuples of ``n`` shapes that broadcast together (sides of 1 and missing leading dims
+    mixed in), from ``hypothesis.extra.numpy.mutually_broadcastable_shapes``."""
+    return hnp.mutually_broadcastable_shapes(
+        num_shapes=n, min_dims=min_dims, max_dims=max_dims, min_side=min_side,
+        max_side=max_side).map(lambda drawn: tuple(drawn.input_shapes))
+
+
+def _row_shape(draw, min_dims, max_dims, max_side, features):
+    lead = draw(hnp.array_shapes(min_dims=min_dims - 1, max_dims=max_dims - 1, min_side=1,
+                                 max_side=max_side))
+    return lead + (features,)
+
+
+@st.composite
+def normalizable_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
+                      min_features: int = 2, max_features: int = 8, dtype=backend.float64,
+                      lo: float = -3.0, hi: float = 3.0):
+    """2-D/3-D arrays ``(..., d)`` for LayerNorm/RMSNorm over the last axis: each row holds
+    ``d >= 2`` distinct values spread over ``[lo, hi]`` (drawn row by row), so every row's
+    standard deviation is at least ``(hi − lo) / 8`` — far above any normalisation eps."""
+    if min_features < 2:
+        raise ValueError("normalizable_rows: min_features must be at least 2 (use degenerate_rows for d=1)")
+    d = draw(st.integers(min_features, max_features))
+    shape = _row_shape(draw, min_dims, max_dims, max_side, d)
+    rng = np.random.default_rng(draw(_seeds))
+    rows = [spread_values(rng, d, lo, hi) for _ in range(int(np.prod(shape[:-1])))]
+    return np.array(rows).reshape(shape).astype(dtype)
+
+
+@st.composite
+def degenerate_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
+                    max_features: int = 8, dtype=backend.float64, lo: float = -3.0,
+                    hi: float = 3.0):
+    """2-D/3-D arrays ``(..., d)`` whose every row has zero variance: either ``d == 1``, or
+    each row is one constant repeated ``d`` times (the case of Chainer's LayerNorm
+    divide-by-zero). Constants are arbitrary floats in ``[lo, hi]``, 0 included."""
+    single = draw(st.booleans())
+    d = 1 if single else draw(st.integers(2, max(2, max_features)))
+    shape = _row_shape(draw, min_dims, max_dims, max_side, d)
+    width = 8 * backend.numpy_dtype(dtype).itemsize
+    constants = draw(hnp.arrays(dtype, shape[:-1] + (1,), elements=st.floats(
+        lo, hi, allow_nan=False, allow_infinity=False, allow_subnormal=False, width=width)))
+    return np.broadcast_to(constants, shape).copy()
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """Inputs of ``scaled_dot_product_attention(q, k, v, attn_mask, is_causal=...)``.
+
+    ``q`` is (B, H, L, E), ``k`` is (B, H, S, E), ``v`` is (B, H, S, Ev), all float64.
+    ``mask_kind`` is one of ``"none"``, ``"bool"``, ``"float"``, ``"causal"``; ``mask`` is
+    None for "none"; for "bool" True means *take part in attention* (PyTorch's convention);
+    for "float" it is added to the scores; for "causal" it is the boolean mask that
+    ``is_causal=True`` implies, ``tril(ones(L, S))`` (top-left aligned, as PyTorch), given so
+    tests can compare both spellings. Masks broadcast to (B, H, L, S).
+    """
+
+    q: object
+    k: object
+    v: object
+    mask_kind: str
+    mask: object = None
+
+    @property
+    def is_causal(self) -> bool:
+        return self.mask_kind == "causal"
+
+    @property
+    def attn_mask(self):
+        """The ``attn_mask`` argument: the mask for "bool"/"float", None otherwise."""
+        return self.mask if self.mask_kind in ("bool", "float") else None
+
+
+@st.composite
+def attention_inputs(draw, *, max_batch: int = 2, max_heads: int = 2, max_len: int = 4,
+                     max_embed: int = 4, mask_kinds=MASK_KINDS, allow_fully_masked: bool = False,
+                     dtype=backend.float64):
+    """An ``AttentionInputs`` with small sizes (every size from 1 up to its max) and a mask
+    kind drawn from ``mask_kinds``. Boolean masks have at least one True in every query row
+    (a fully masked row has no softmax) unless ``allow_fully_masked``. q and k lie in
+    [-1, 1] so the scores stay away from softmax saturation; v in [-2, 2]."""
+    unknown = set(mask_kinds) - set(MASK_KINDS)
+    if unknown or not mask_kinds:
+        raise ValueError(f"attention_inputs: mask_kinds {tuple(mask_kinds)}; expected some of {MASK_KINDS}")
+    side = st.integers(1, max_len)
+    b, h = draw(st.integers(1, max_batch)), draw(st.integers(1, max_heads))
+    length, source = draw(side), draw(side)
+    e, ev = draw(st.integers(1, max_embed)), draw(st.integers(1, max_embed))
+    q = draw(arrays((b, h, length, e), dtype, -1.0, 1.0))
+    k = draw(arrays((b, h, source, e), dtype, -1.0, 1.0))
+    v = draw(arrays((b, h, source, ev), dtype, -2.0, 2.0))
+    kind = draw(st.sampled_from(tuple(mask_kinds)))
+    mask_shape = draw(st.sampled_from([(length, source), (b, 1, length, source),
+                                       (1, h, length, source), (b, h, length, source)]))
+    mask = None
+    if kind == "causal":
+        mask = np.tril(np.ones((length, source), dtype=bool))
+    elif kind == "float":
+        mask = draw(arrays(mask_shape, dtype, -2.0, 2.0))
+    elif kind == "bool":
+        mask = draw(hnp.arrays(backend.bool_, mask_shape))
+        if not allow_fully_masked:
+            rows = mask.reshape(-1, source).copy()
+            for r in np.flatnonzero(~rows.any(axis=1)):
+                rows[r, r % source] = True
+            mask = rows.reshape(mask_shape)
+    return AttentionInputs(q=q, k=k, v=v, mask_kind=kind, mask=mask)
