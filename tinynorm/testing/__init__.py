@@ -8,7 +8,7 @@
 * ``register_profiles()`` — Hypothesis profiles "dev", "ci" and "thorough".
 """
 from .compare import assert_close
-from .gradcheck import GradcheckError, gradcheck
+from .gradient_check import GradcheckError, gradcheck
 from .profiles import register_profiles
 
 __all__ = ["GradcheckError", "assert_close", "gradcheck", "register_profiles"]

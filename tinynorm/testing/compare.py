@@ -53,6 +53,7 @@ def describe_mismatch(actual, expected, rtol: float, atol: float, *,
         abs_err = np.where(a == e, 0.0, abs_err)  # equal infinities: inf - inf is nan
         abs_err = np.where(np.isnan(abs_err), np.inf, abs_err)
         allowed = atol + rtol * np.abs(e)
+        allowed = np.where(np.isnan(allowed), 0.0, allowed)  # NaN matches nothing
         bad = abs_err > allowed
         if not bad.any():
             return None
@@ -65,8 +66,8 @@ def describe_mismatch(actual, expected, rtol: float, atol: float, *,
         f"mismatched elements: {int(bad.sum())} of {bad.size} "
         f"({100.0 * bad.sum() / bad.size:.1f}%)\n"
         f"worst element at index {index}:\n"
-        f"  {actual_name:<10} = {actual.flat[worst]!r}\n"
-        f"  {expected_name:<10} = {expected.flat[worst]!r}\n"
+        f"  {actual_name:<10} = {actual.flat[worst].item()!r}\n"
+        f"  {expected_name:<10} = {expected.flat[worst].item()!r}\n"
         f"  abs error  = {abs_err.flat[worst]:.3e}, rel error = {rel_err:.3e}\n"
         f"  allowed    : atol + rtol*|{expected_name}| = {atol:g} + {rtol:g}*"
         f"{abs(e.flat[worst]):.3e} = {allowed.flat[worst]:.3e}"

@@ -49,6 +49,14 @@ def _allowed_intervals(lo: float, hi: float, avoid, margin: float) -> list:
     return intervals
 
 
+def _check_allowed(lo, hi, avoid, margin) -> list:
+    intervals = _allowed_intervals(float(lo), float(hi), avoid, float(margin))
+    if not sum(b - a for a, b in intervals) > 0:
+        raise ValueError(f"strategies: nothing of [{lo}, {hi}] is left after avoiding "
+                         f"{tuple(avoid)} by margin {margin}")
+    return intervals
+
+
 def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0.1):
     """``n`` shuffled float64 values in ``[lo, hi]``, pairwise at least ``L / 2n`` apart
     (``L`` the length allowed), none closer than ``margin`` to a point of ``avoid``.
@@ -56,11 +64,8 @@ def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0
     Stratified: value ``j`` sits in the middle half of the ``j``-th of ``n`` equal bins laid
     over the allowed set, so neighbours keep half a bin between them.
     """
-    intervals = _allowed_intervals(float(lo), float(hi), avoid, float(margin))
+    intervals = _check_allowed(lo, hi, avoid, margin)
     lengths = np.array([b - a for a, b in intervals])
-    if not intervals or lengths.sum() <= 0:
-        raise ValueError(f"strategies: nothing of [{lo}, {hi}] is left after avoiding {tuple(avoid)} "
-                         f"by margin {margin}")
     width = lengths.sum() / max(n, 1)
     positions = (np.arange(n) + 0.25 + 0.5 * rng.random(n)) * width  # in the allowed length
     starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
@@ -69,13 +74,18 @@ def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0
     return rng.permutation(values)
 
 
-@st.composite
-def arrays(draw, shape, dtype=backend.float64, lo: float = -3.0, hi: float = 3.0, *,
+def arrays(shape, dtype=backend.float64, lo: float = -3.0, hi: float = 3.0, *,
            avoid=(), margin: float = 0.1):
     """Arrays of ``shape`` (a tuple or a strategy of tuples) and ``dtype``, well conditioned
     for finite differences: finite values in ``[lo, hi]``, any two at least
     ``(hi − lo) / 2n`` apart (n elements; no repeated fill value, no near-ties for max),
     and none within ``margin`` of a point in ``avoid`` (e.g. ``avoid=(0.0,)`` for relu)."""
+    _check_allowed(lo, hi, avoid, margin)
+    return _arrays(shape, dtype, lo, hi, tuple(avoid), margin)
+
+
+@st.composite
+def _arrays(draw, shape, dtype, lo, hi, avoid, margin):
     if not isinstance(shape, tuple):
         shape = draw(shape)
     rng = np.random.default_rng(draw(_seeds))
@@ -99,8 +109,7 @@ def _row_shape(draw, min_dims, max_dims, max_side, features):
     return lead + (features,)
 
 
-@st.composite
-def normalizable_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
+def normalizable_rows(*, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
                       min_features: int = 2, max_features: int = 8, dtype=backend.float64,
                       lo: float = -3.0, hi: float = 3.0):
     """2-D/3-D arrays ``(..., d)`` for LayerNorm/RMSNorm over the last axis: each row holds
@@ -108,6 +117,11 @@ def normalizable_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: i
     standard deviation is at least ``(hi − lo) / 8`` — far above any normalisation eps."""
     if min_features < 2:
         raise ValueError("normalizable_rows: min_features must be at least 2 (use degenerate_rows for d=1)")
+    return _normalizable_rows(min_dims, max_dims, max_side, min_features, max_features, dtype, lo, hi)
+
+
+@st.composite
+def _normalizable_rows(draw, min_dims, max_dims, max_side, min_features, max_features, dtype, lo, hi):
     d = draw(st.integers(min_features, max_features))
     shape = _row_shape(draw, min_dims, max_dims, max_side, d)
     rng = np.random.default_rng(draw(_seeds))
@@ -159,8 +173,7 @@ class AttentionInputs:
         return self.mask if self.mask_kind in ("bool", "float") else None
 
 
-@st.composite
-def attention_inputs(draw, *, max_batch: int = 2, max_heads: int = 2, max_len: int = 4,
+def attention_inputs(*, max_batch: int = 2, max_heads: int = 2, max_len: int = 4,
                      max_embed: int = 4, mask_kinds=MASK_KINDS, allow_fully_masked: bool = False,
                      dtype=backend.float64):
     """An ``AttentionInputs`` with small sizes (every size from 1 up to its max) and a mask
@@ -170,6 +183,13 @@ def attention_inputs(draw, *, max_batch: int = 2, max_heads: int = 2, max_len: i
     unknown = set(mask_kinds) - set(MASK_KINDS)
     if unknown or not mask_kinds:
         raise ValueError(f"attention_inputs: mask_kinds {tuple(mask_kinds)}; expected some of {MASK_KINDS}")
+    return _attention_inputs(max_batch, max_heads, max_len, max_embed, tuple(mask_kinds),
+                             allow_fully_masked, dtype)
+
+
+@st.composite
+def _attention_inputs(draw, max_batch, max_heads, max_len, max_embed, mask_kinds,
+                      allow_fully_masked, dtype):
     side = st.integers(1, max_len)
     b, h = draw(st.integers(1, max_batch)), draw(st.integers(1, max_heads))
     length, source = draw(side), draw(side)

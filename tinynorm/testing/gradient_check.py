@@ -165,7 +165,7 @@ class _Check:
                 raise GradcheckError(
                     f"gradcheck: backward is not reproducible for {self._where(k, i)}:\n"
                     f"  two runs differ at index {format_index(worst, diff.shape)}: "
-                    f"{first[i].flat[worst]!r} vs {second[i].flat[worst]!r} "
+                    f"{float(first[i].flat[worst])!r} vs {float(second[i].flat[worst])!r} "
                     f"(|diff| {diff.flat[worst]:.3e} > nondet_tol {self.nondet_tol:g})")
 
     def _check_zero_upstream(self, k) -> None:
@@ -178,7 +178,7 @@ class _Check:
                     f"gradcheck: a zero upstream gradient must give a zero gradient, but for "
                     f"{self._where(k, i).replace('a random normal', 'a zero')}:\n"
                     f"  {int(nonzero.sum())} of {g.size} elements are not zero; e.g. index "
-                    f"{format_index(worst, g.shape)} holds {g.flat[worst]!r}")
+                    f"{format_index(worst, g.shape)} holds {float(g.flat[worst])!r}")
 
     def _numerical_element(self, k, i, flat) -> float:
         """∂L_k/∂x_i[flat] by central differences (one pair of evaluations serves every k)."""
