@@ -41,54 +41,66 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-class set_grad_enabled(contextlib.ContextDecorator):
-    """Turn graph recording on or off, for a block or (as a decorator) a function."""
-
-    def __init__(self, mode: bool):
-        global _grad_enabled
-        self.previous, _grad_enabled = _grad_enabled, bool(mode)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self.previous
-        return False
-
-
 class no_grad(contextlib.ContextDecorator):
     """No graph is recorded and nothing is saved for backward inside this block."""
 
+    _mode = False
+
+    def __init__(self):
+        # a stack, not one saved value: a decorated function may call itself recursively
+        self._outer = []
+
     def __enter__(self):
         global _grad_enabled
-        self.previous, _grad_enabled = _grad_enabled, False
+        self._outer.append(_grad_enabled)
+        _grad_enabled = self._mode
         return self
 
     def __exit__(self, *exc):
         global _grad_enabled
-        _grad_enabled = self.previous
+        _grad_enabled = self._outer.pop()
         return False
 
 
 class enable_grad(no_grad):
+    """Graph recording on inside this block, even within ``no_grad``."""
+
+    _mode = True
+
+
+class set_grad_enabled(no_grad):
+    """Turn graph recording on or off: at once when called (PyTorch's function form), for a
+    block as a context manager, or per call as a decorator."""
+
+    def __init__(self, mode: bool):
+        super().__init__()
+        self._mode, self._decorating = bool(mode), False
+        no_grad.__enter__(self)  # takes effect now; __exit__ restores the mode before it
+
     def __enter__(self):
-        global _grad_enabled
-        self.previous, _grad_enabled = _grad_enabled, True
-        return self
+        return no_grad.__enter__(self) if self._decorating else self
+
+    def __call__(self, func):
+        no_grad.__exit__(self)  # a decorator must not switch the mode at decoration time
+        self._decorating = True
+        return super().__call__(func)
 
 
 class detect_anomaly(contextlib.ContextDecorator):
     """Raise as soon as a forward or backward produces NaN or Inf, naming the op."""
 
+    def __init__(self):
+        self._outer = []
+
     def __enter__(self):
         global _anomaly
-        self.previous, _anomaly = _anomaly, True
+        self._outer.append(_anomaly)
+        _anomaly = True
         return self
 
     def __exit__(self, *exc):
         global _anomaly
-        _anomaly = self.previous
+        _anomaly = self._outer.pop()
         return False
 
 
@@ -174,13 +186,14 @@ class Function:
     @classmethod
     def apply(cls, *args):
         # mixing devices is an error, raised here once for every op
-        backend.array_module(*(a.data if isinstance(a, Tensor) else a for a in args), op=cls.__name__)
+        xp = backend.array_module(*(a.data if isinstance(a, Tensor) else a for a in args), op=cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _grad_enabled and any(needs)
         ctx = Context(cls, needs, record)
         out = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args))
         multiple = isinstance(out, tuple)
-        outs = out if multiple else (out,)
+        # NumPy reductions and ufuncs on 0-d arrays return scalars; a Tensor always holds an array
+        outs = tuple(o if backend.is_array(o) else xp.asarray(o) for o in (out if multiple else (out,)))
         if _anomaly:
             _check_finite(outs, cls.__name__, "forward")
         if not record:
@@ -275,6 +288,14 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
         for target, g in zip(node.edges, grad_ins):
             if target is None or g is None:
                 continue
+            if not backend.is_array(g):  # a NumPy scalar from a 0-d computation
+                g = backend.array_module(g).asarray(g)
+            if g.dtype != target.dtype and target.dtype.kind == "f" and any(
+                    g.dtype == dtype for _, dtype in node.outputs):
+                # an op on mixed float dtypes computes in the wider one, its output's; as in
+                # PyTorch's engine, each input receives its gradient in its own dtype. Any
+                # other dtype is a bug in the backward, reported below.
+                g = g.astype(target.dtype)
             if g.shape != target.shape or g.dtype != target.dtype:
                 raise RuntimeError(
                     f"{node.fn.__name__}.backward returned a gradient of shape {g.shape} and "

@@ -144,7 +144,8 @@ def array_module(*arrays, op: str = "op"):
             f"{found_cpu.shape}) and one on {device_of(found_gpu)} (cupy, shape "
             f"{found_gpu.shape}). Move them with .to('cuda') or .cpu() first."
         )
-    return _cupy if found_gpu is not None else numpy
+    # _load_cupy, not _cupy: CuPy arrays made outside tinynorm arrive before tinynorm loaded CuPy
+    return _load_cupy() if found_gpu is not None else numpy
 
 
 def to_numpy(a):

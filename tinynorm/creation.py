@@ -34,8 +34,8 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     """A new tensor holding a copy of ``data``.
 
     dtype rules, as PyTorch: Python floats (and lists of them) become float32; NumPy/CuPy
-    arrays keep their dtype (float64 stays float64); integers and bools keep an integer or
-    bool dtype, for indices, targets and masks.
+    arrays and their scalars keep their dtype (float64 stays float64); integers and bools
+    keep an integer or bool dtype, for indices, targets and masks.
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -45,7 +45,7 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
                                 dtype=None if dtype is None else backend.numpy_dtype(dtype))
     else:
         arr = _xp(device).array(data, dtype=None if dtype is None else backend.numpy_dtype(dtype))
-        if dtype is None and arr.dtype.kind == "f":
+        if dtype is None and arr.dtype.kind == "f" and not hasattr(data, "dtype"):
             arr = arr.astype(backend.DEFAULT_FLOAT)
     return Tensor(arr, requires_grad=requires_grad)
 
@@ -73,6 +73,9 @@ def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """As torch.full, the dtype follows fill_value when none is given: bool, int64 or float32."""
+    if dtype is None and isinstance(fill_value, (bool, int)):
+        dtype = backend.bool_ if isinstance(fill_value, bool) else backend.int64
     return _filled(fill_value, (size,) if isinstance(size, int) else tuple(size), dtype, device,
                    requires_grad)
 

@@ -5,6 +5,7 @@ derivative times ``grad_out``, summed back to the input's shape by ``unbroadcast
 """
 from __future__ import annotations
 
+from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
 from ._adjoint import broadcast_shape, unbroadcast
@@ -121,9 +122,12 @@ class Pow(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """dx = grad_out · p · x^(p−1). Saves x (p is a number)."""
+        """dx = grad_out · p · x^(p−1); for p = 0, dx = 0 (as PyTorch; the formula would give
+        0 · x^(−1) = nan at x = 0). Saves x (p is a number)."""
         (x,) = ctx.saved_tensors
         p = ctx.p
+        if p == 0:
+            return backend.array_module(x).zeros_like(grad_out), None
         return grad_out * (p * x ** (p - 1)), None
 
 

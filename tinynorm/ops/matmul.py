@@ -41,10 +41,10 @@ class MatMul(Function):
         nd_a, nd_b = ctx.ndims
         shape_a, shape_b = ctx.shapes
         g = grad_out
+        if nd_b == 1:  # the column axis first: for two 1-D operands grad_out is 0-d
+            g = g[..., None]
         if nd_a == 1:
             g = g[..., None, :]
-        if nd_b == 1:
-            g = g[..., None]
         ga = gb = None
         if ctx.needs_input_grad[0]:
             b2 = b[:, None] if nd_b == 1 else b

@@ -56,9 +56,10 @@ class Max(Function):
 
     @staticmethod
     def forward(ctx, x, dim=None, keepdim=False):
-        if x.size == 0:
-            raise RuntimeError(f"max: cannot reduce an empty tensor of shape {x.shape}")
         axes = reduction_axes("max", dim, x.ndim)
+        if any(x.shape[a] == 0 for a in axes):
+            raise RuntimeError(f"max: cannot reduce over an empty dim of a tensor of shape {x.shape} "
+                               f"(dim={dim}); the maximum of nothing is undefined")
         y = x.max(axis=axes, keepdims=True)
         ctx.axes, ctx.shape = axes, x.shape
         ctx.save_for_backward(x == y)
@@ -71,7 +72,7 @@ class Max(Function):
         """
         (is_max,) = ctx.saved_tensors
         g = _unreduce(grad_out, ctx.shape, ctx.axes)
-        count = is_max.sum(axis=ctx.axes, keepdims=True)
+        count = is_max.sum(axis=ctx.axes, keepdims=True).astype(g.dtype)  # int64 would promote g
         return is_max * (g / count), None, None
 
 

@@ -215,10 +215,14 @@ def expand(x, *shape):
 def getitem(x, index):
     if isinstance(index, Tensor):
         index = index.data
-    elif isinstance(index, tuple):
-        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-    elif isinstance(index, list):
-        index = backend.array_module(x.data).asarray(index)
+    elif isinstance(index, (tuple, list)):
+        # lists become arrays, also inside a tuple: backward must see every integer array to
+        # accumulate repeated indices
+        xp = backend.array_module(x.data)
+        items = index if isinstance(index, tuple) else (index,)
+        items = tuple(i.data if isinstance(i, Tensor) else xp.asarray(i) if isinstance(i, list) else i
+                      for i in items)
+        index = items if isinstance(index, tuple) else items[0]
     return GetItem.apply(x, index)
 
 
@@ -254,4 +258,6 @@ def chunk(x, chunks, dim=0):
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
     n = x.shape[normalize_dim("chunk", dim, x.ndim)]
-    return split(x, max(-(-n // chunks), 1), dim)
+    if n == 0:  # as torch.chunk: every chunk of an empty dim is empty
+        return split(x, [0] * chunks, dim)
+    return split(x, -(-n // chunks), dim)
