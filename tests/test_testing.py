@@ -144,7 +144,9 @@ def test_gradcheck_passes_custom_function_large_input():
 
 def test_gradcheck_passes_tuple_outputs_and_non_tensor_arguments():
     x = leaf(RNG.standard_normal((4, 6)))
-    assert gradcheck(lambda a, n, dim: tuple(a.split(n, dim)), (x, 2, 1))
+    assert gradcheck(lambda a, n, dim: a.split(n, dim), (x, 2, 1))
+    with tn.no_grad():  # gradcheck records its own graph even inside no_grad
+        assert gradcheck(lambda a: (a.tanh(), a.exp()), x)
     const = tn.tensor(RNG.standard_normal((4, 6)))  # no requires_grad: passed through, not checked
     assert gradcheck(lambda a, c: a * c, (x, const))
 
@@ -274,6 +276,17 @@ def test_full_check_up_to_threshold_then_directions():
         a, b = leaf(RNG.uniform(1, 2, size)), leaf(RNG.uniform(1, 2, size))
         with pytest.raises(GradcheckError, match=expected):
             gradcheck(MulScaledBackward.apply, (a, b))
+
+
+@pytest.mark.gpu
+def test_gradcheck_and_assert_close_on_cupy_arrays():
+    x = tn.tensor(RNG.standard_normal((3, 4)), device="cuda", requires_grad=True)
+    before = tn.backend.to_numpy(x.data).copy()
+    assert gradcheck(Cube.apply, x)
+    assert gradcheck(Cube.apply, tn.tensor(RNG.standard_normal((9, 9)), device="cuda", requires_grad=True))
+    assert gradcheck(XExpMissingTerm.apply, x, raise_exception=False) is False
+    assert_close(x.detach(), before)
+    assert np.array_equal(tn.backend.to_numpy(x.data), before)
 
 
 # ---- assert_close ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 
 from .. import backend
-from ..autograd import no_grad
+from ..autograd import enable_grad, no_grad
 from ..tensor import Tensor
 from .compare import format_index
 
@@ -45,7 +45,7 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float 
     """True when ``fn``'s backward matches finite differences; see the module docstring.
 
     ``inputs`` is a Tensor or a tuple of arguments (Tensors and other values); ``fn(*inputs)``
-    returns a Tensor or a tuple of Tensors. Inputs that are Tensors with ``requires_grad``
+    returns a Tensor or a tuple (or list) of Tensors. Inputs that are Tensors with ``requires_grad``
     are checked (use float64: other dtypes get a warning). On failure raises GradcheckError
     whose message names the input, the worst element, both values, the errors and the
     tolerance; with ``raise_exception=False`` returns False instead. ``seed`` fixes the
@@ -71,7 +71,7 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float 
 
 
 def _outputs(result) -> tuple:
-    outs = result if isinstance(result, tuple) else (result,)
+    outs = tuple(result) if isinstance(result, (tuple, list)) else (result,)
     for k, o in enumerate(outs):
         if not isinstance(o, Tensor):
             raise TypeError(f"gradcheck: fn must return a Tensor or a tuple of Tensors; "
@@ -118,7 +118,8 @@ class _Check:
         """{input index: host gradient of sum(out_k * upstream)} from one fresh backward."""
         leaves = {i: self.args[i].data.copy() for i in self.checked}
         args = self._arguments(leaves, requires_grad=True)
-        out = _outputs(self.fn(*args))[k]
+        with enable_grad():  # gradcheck may be called inside a no_grad block
+            out = _outputs(self.fn(*args))[k]
         if out.requires_grad:
             xp = backend.array_module(out.data)
             try:
