@@ -5,7 +5,9 @@ methods are thin names over them.
 """
 from .arithmetic import add, div, mul, neg, pow, sub
 from .cast import cast
+from .cross_entropy import cross_entropy
 from .dropout import dropout
+from .embedding import embedding
 from .matmul import linear, matmul
 from .pointwise import abs, exp, gelu, log, relu, sqrt, tanh
 from .reduce import max, mean, sum

@@ -1,0 +1,177 @@
+"""cross_entropy: log-softmax and negative log-likelihood as one op, with a fused backward.
+
+Written as one Function rather than ``nll(log_softmax(x))`` because the composed backward
+would pass a (rows, C) gradient through log_softmax that is zero but for one entry per
+row; fused, the whole backward is ``dx = a · (Q·p − q)`` on the probabilities p that
+forward already computed.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import Function
+from ._adjoint import require_float
+
+REDUCTIONS = ("none", "mean", "sum")
+
+
+class CrossEntropy(Function):
+    """Cross-entropy of logits x (rows, C) against class indices t (rows,).
+
+    With p = softmax(x) per row, ε = label_smoothing, w the class weights (all 1 without
+    ``weight``) and rows whose target is ``ignore_index`` left out, each row's target
+    distribution is (PyTorch's label smoothing, weights included):
+
+        q_c = (1 − ε) · w_t · [c = t] + (ε / C) · w_c
+        loss_row = −Σ_c q_c · log p_c
+
+    and the reduction is ``none`` (per row, 0 for ignored rows), ``sum``, or ``mean`` =
+    Σ loss_row / W with W = Σ w_t over the rows not ignored (nan when every row is ignored,
+    as PyTorch). Without weights W is the count of rows not ignored.
+    """
+
+    @staticmethod
+    def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
+        xp = backend.array_module(x, target, weight)
+        rows, classes = x.shape
+        valid = target != ignore_index
+        safe_t = xp.where(valid, target, 0)  # any class works: these rows are masked below
+        rows_idx = xp.arange(rows)
+
+        shifted = x - x.max(axis=1, keepdims=True) if x.size else x.copy()
+        p = xp.exp(shifted)
+        sum_exp = p.sum(axis=1)
+        log_sum_exp = xp.log(sum_exp)
+        # log p at the target only: log p_t = shifted_t − log Σ e^shifted
+        logp_t = shifted[rows_idx, safe_t] - log_sum_exp
+        w_t = weight[safe_t] * valid if weight is not None else valid.astype(x.dtype)
+        loss = -(w_t * logp_t)
+        if label_smoothing > 0:
+            # Σ_c w_c log p_c = Σ_c w_c shifted_c − (Σ_c w_c) log Σ e^shifted
+            if weight is None:
+                smooth = shifted.sum(axis=1) - classes * log_sum_exp
+            else:
+                smooth = shifted @ weight - weight.sum() * log_sum_exp
+            smooth = -(smooth * valid)
+            loss = (1 - label_smoothing) * loss + (label_smoothing / classes) * smooth
+        del shifted
+        p /= sum_exp[:, None]  # p is our own array: normalise it in place
+
+        ctx.reduction, ctx.label_smoothing = reduction, label_smoothing
+        ctx.mean_scale = None
+        ctx.save_for_backward(p, safe_t, valid, w_t, weight)
+        if reduction == "none":
+            return loss.astype(x.dtype, copy=False)
+        total = loss.sum()
+        if reduction == "sum":
+            return xp.asarray(total, dtype=x.dtype)
+        denominator = w_t.sum()
+        if not bool(denominator != 0):
+            # Every row ignored: the loss is 0/0 = nan and the gradient 0, both as PyTorch.
+            ctx.mean_scale = x.dtype.type(0)
+            return xp.asarray(float("nan"), dtype=x.dtype)
+        ctx.mean_scale = 1 / denominator
+        return xp.asarray(total / denominator, dtype=x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Per row, with log p_c = x_c − log Σ_k e^(x_k):
+
+            ∂(log p_c)/∂x_j = [c = j] − p_j
+            ∂loss_row/∂x_j = −Σ_c q_c ([c = j] − p_j) = Q · p_j − q_j,   Q = Σ_c q_c
+
+        so dx_row = a_row · (Q·p − q) with a_row = grad_out (``sum``), grad_out / W
+        (``mean``) or grad_out[row] (``none``). Without weights and smoothing Q = 1 and
+        q is one-hot: dx = a · (p − onehot(t)), the familiar form. Ignored rows have q = 0,
+        so Q = 0 and their gradient is exactly 0.
+
+        In code: dx = p · (a·Q) per row, then subtract a·(ε/C)·w from every entry and
+        a·(1 − ε)·w_t at the target; Q = (1 − ε)·w_t + (ε/C)·Σ_c w_c on valid rows.
+
+        Saves p = softmax(x) (C values per row, computed in forward anyway), the targets,
+        the row mask and w_t (one value each per row) and the class weights (C values).
+        """
+        p, safe_t, valid, w_t, weight = ctx.saved_tensors
+        xp = backend.array_module(p, grad_out)
+        rows, classes = p.shape
+        eps = ctx.label_smoothing
+        if ctx.reduction == "mean":
+            a = xp.broadcast_to(grad_out * ctx.mean_scale, (rows,))
+        else:
+            a = xp.broadcast_to(grad_out, (rows,))
+        if eps > 0:
+            weight_sum = weight.sum() if weight is not None else classes
+            Q = (1 - eps) * w_t + (eps / classes) * weight_sum * valid
+        else:
+            Q = w_t
+        dx = p * (a * Q)[:, None]
+        if eps > 0:
+            w = weight if weight is not None else p.dtype.type(1)
+            dx -= (a * valid)[:, None] * ((eps / classes) * w)
+        dx[xp.arange(rows), safe_t] -= a * ((1 - eps) * w_t)
+        return dx.astype(p.dtype, copy=False), None, None, None, None, None
+
+
+def cross_entropy(input, target, weight=None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0):
+    """``F.cross_entropy``: log_softmax over the class dim, then the (weighted, smoothed)
+    negative log-likelihood of the target classes.
+
+    Shapes, as PyTorch: input (C,) with target (); (N, C) with target (N,); or
+    (N, C, d1, ...) with target (N, d1, ...). For language-model logits of shape
+    (B, T, V) pass ``logits.reshape(-1, V)`` and ``targets.reshape(-1)``.
+    Difference from PyTorch: target must hold class indices; class-probability targets
+    are not supported.
+    """
+    from ..tensor import Tensor
+
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction={reduction!r} is not valid; expected one of "
+                         f"{REDUCTIONS}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be between 0.0 and 1.0, got "
+                         f"{label_smoothing}")
+    x_arr = input.data
+    t_arr = target.data if isinstance(target, Tensor) else target
+    w_arr = weight.data if isinstance(weight, Tensor) else weight
+    require_float("cross_entropy", x_arr)
+    _check_target(x_arr, t_arr, ignore_index)
+    classes = x_arr.shape[0] if x_arr.ndim == 1 else x_arr.shape[1]
+    if w_arr is not None and (tuple(w_arr.shape) != (classes,) or w_arr.dtype != x_arr.dtype):
+        raise ValueError(f"cross_entropy: weight of shape {tuple(w_arr.shape)} and dtype "
+                         f"{w_arr.dtype}; expected shape ({classes},) and the input's dtype "
+                         f"{x_arr.dtype}")
+
+    # Move the class dim last and flatten to (rows, C); the inverse moves run in backward
+    # through reshape and permute, which cost nothing when the input is already (N, C).
+    if input.ndim == 1:
+        logits, targets = input.reshape(1, classes), t_arr.reshape(1)
+    elif input.ndim == 2:
+        logits, targets = input, t_arr
+    else:
+        order = (0,) + tuple(range(2, input.ndim)) + (1,)
+        logits, targets = input.permute(*order).reshape(-1, classes), t_arr.reshape(-1)
+    loss = CrossEntropy.apply(logits, targets, w_arr, int(ignore_index), reduction,
+                              float(label_smoothing))
+    if reduction == "none":
+        return loss.reshape(*t_arr.shape)
+    return loss
+
+
+def _check_target(x, t, ignore_index) -> None:
+    """Shapes and values of the class-index target, or an error naming both shapes."""
+    if not backend.is_array(t) or t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must be an integer tensor of class indices, got "
+                        f"{getattr(t, 'dtype', type(t).__name__)} (class-probability targets "
+                        f"are not supported)")
+    if x.ndim == 0:
+        raise ValueError("cross_entropy: input must have a class dim; got a 0-d tensor")
+    expected = () if x.ndim == 1 else (x.shape[0],) + x.shape[2:]
+    if tuple(t.shape) != expected:
+        raise ValueError(f"cross_entropy: input of shape {x.shape} needs a target of shape "
+                         f"{expected}, got {tuple(t.shape)}")
+    classes = x.shape[0] if x.ndim == 1 else x.shape[1]
+    bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+    if t.size and bool(bad.any()):
+        first = backend.to_numpy(t[bad]).ravel()[0]
+        raise IndexError(f"cross_entropy: target {first} is out of bounds for {classes} classes "
+                         f"(expected 0 to {classes - 1}, or ignore_index={ignore_index})")
