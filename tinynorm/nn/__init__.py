@@ -8,3 +8,4 @@ from .activation import GELU, LogSoftmax, ReLU, Softmax, Tanh  # noqa: F401
 from .dropout import Dropout  # noqa: F401
 from .sparse import Embedding  # noqa: F401
 from . import utils  # noqa: F401
+from .attention import MultiheadAttention  # noqa: F401

@@ -4,6 +4,7 @@ The functions here take and return Tensors; ``tinynorm.nn.functional`` and the T
 methods are thin names over them.
 """
 from .arithmetic import add, div, mul, neg, pow, sub
+from .attention import scaled_dot_product_attention
 from .cast import cast
 from .cross_entropy import cross_entropy
 from .dropout import dropout
