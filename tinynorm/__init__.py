@@ -16,6 +16,8 @@ from .ops import (abs, add, cat, chunk, div, exp, flatten, log, log_softmax, mas
                   squeeze, stack, sub, sum, tanh, transpose, unsqueeze, where)
 
 from . import nn  # noqa: E402  (nn builds on everything above)
+from . import optim  # noqa: E402
+from .serialization import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 
 manual_seed = backend.manual_seed
 bool = bool_  # noqa: A001 — torch.bool

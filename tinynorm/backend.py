@@ -223,3 +223,68 @@ if _env:
     if _env not in BACKENDS:
         raise ValueError(f"TINYNORM_BACKEND={_env!r}; expected one of {BACKENDS}")
     use(_env)
+
+
+# ---- random state and array files, for checkpoints (tinynorm.serialization) ----------------
+def get_rng_state() -> dict:
+    """The state of the random generators as plain data: ``{"seed": the last manual_seed,
+    "numpy": the PCG64 state dict (None if the generator was not made yet), "cupy": the
+    cuRAND states as a NumPy int8 array (None likewise)}``.
+
+    CuPy has no public API for its generator's state; this copies the device array that
+    holds it (``bit_generator._state``) and raises if a CuPy version lacks it.
+    """
+    state = {"seed": _seed, "numpy": None, "cupy": None}
+    if "numpy" in _generators:
+        state["numpy"] = _generators["numpy"].bit_generator.state
+    if "cupy" in _generators:
+        raw = getattr(_generators["cupy"].bit_generator, "_state", None)
+        if raw is None:
+            raise RuntimeError("get_rng_state: this CuPy version does not expose its "
+                               "generator's state (bit_generator._state)")
+        state["cupy"] = raw.get()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``get_rng_state`` returned. Everything is checked before anything is
+    changed: a malformed state raises ValueError and leaves the generators as they were."""
+    seed = state.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise ValueError(f"set_rng_state: seed must be an int or None, got {seed!r}")
+    fresh = {}
+    if state.get("numpy") is not None:
+        saved = state["numpy"]
+        if not isinstance(saved, dict) or saved.get("bit_generator") != "PCG64":
+            raise ValueError("set_rng_state: the numpy state is not a PCG64 state dict")
+        bit_generator = numpy.random.PCG64(0)
+        try:
+            bit_generator.state = saved
+        except (TypeError, ValueError, KeyError, OverflowError) as err:
+            raise ValueError(f"set_rng_state: malformed PCG64 state ({err})") from None
+        fresh["numpy"] = numpy.random.Generator(bit_generator)
+    if state.get("cupy") is not None:
+        gen = _load_cupy().random.default_rng(seed)
+        raw = getattr(gen.bit_generator, "_state", None)
+        saved = numpy.asarray(state["cupy"])
+        if raw is None or raw.shape != saved.shape or raw.dtype != saved.dtype:
+            raise ValueError(f"set_rng_state: saved cuRAND state of shape {saved.shape} does "
+                             f"not fit this GPU's generator")
+        raw.set(saved)
+        fresh["cupy"] = gen
+    global _seed
+    _seed = seed
+    _generators.clear()
+    _generators.update(fresh)
+
+
+def save_npz(file, arrays: dict) -> None:
+    """Write ``name -> array`` (moved to the host) to an open binary file as .npz."""
+    numpy.savez(file, **{name: to_numpy(a) for name, a in arrays.items()})
+
+
+def load_npz(path) -> dict:
+    """Every array of the .npz at ``path``, read with ``allow_pickle=False`` so that
+    loading runs no code; any damage raises the error that NumPy or zipfile finds."""
+    with numpy.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}

@@ -1,0 +1,193 @@
+"""Optimizer: parameter groups, per-parameter state, zero_grad and state_dict, as PyTorch.
+
+An optimizer updates ``param.data`` in place from ``param.grad``; both are backend arrays,
+so no graph is recorded and no ``no_grad`` block is needed. Subclasses implement
+``step()`` for one group at a time.
+
+``state_dict()`` has PyTorch's structure::
+
+    {"state": {0: {"step": 3, "exp_avg": array, ...}, 1: {...}},
+     "param_groups": [{"lr": 1e-3, ..., "params": [0, 1]}, ...]}
+
+where parameters are numbered in the order of the groups and of the parameters inside
+them. Differences from PyTorch: ``"step"`` is a Python int (PyTorch keeps a tensor), and
+the arrays in ``state_dict()`` are the live state arrays (as PyTorch's are): copy them if
+you keep them while training continues.
+"""
+from __future__ import annotations
+
+from .. import backend
+from ..autograd import enable_grad
+from ..tensor import Tensor
+
+
+class _RequiredParameter:
+    def __repr__(self) -> str:
+        return "<required parameter>"
+
+
+required = _RequiredParameter()
+
+
+class Optimizer:
+    """Base class: holds ``param_groups`` (a list of dicts) and ``state`` (param → dict)."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = defaults
+        self.state: dict = {}
+        self.param_groups: list = []
+        if isinstance(params, Tensor):
+            raise TypeError(f"params argument given to the optimizer should be an iterable of "
+                            f"Tensors or dicts, but got a {type(params).__name__}")
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group; options it does not set take the optimizer's defaults."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        for p in group["params"]:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
+                                f"{type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError("can't optimize a non-leaf Tensor")
+        for name, default in self.defaults.items():
+            if default is required and name not in group:
+                raise ValueError(f"parameter group didn't specify a value of required "
+                                 f"optimization parameter {name}")
+            group.setdefault(name, default)
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in group["params"]}) != len(group["params"]) or \
+                seen & {id(p) for p in group["params"]}:
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget the gradients: set them to None (default) or to zero in place."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad[...] = 0  # a leaf owns its .grad, so zeroing in place is safe
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient. ``closure``, if given,
+        re-evaluates the model and returns the loss (with grad mode on)."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if p.grad.shape != p.shape:
+                    raise RuntimeError(f"{type(self).__name__}.step: a gradient of shape "
+                                       f"{p.grad.shape} for a parameter of shape {p.shape}")
+            self._update_group(group, params)
+        return loss
+
+    def _update_group(self, group: dict, params: list) -> None:
+        raise NotImplementedError
+
+    # ---- state_dict ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """``{"state": {index: {...}}, "param_groups": [{..., "params": [indices]}]}``."""
+        index = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = []
+            for p in group["params"]:
+                index.setdefault(id(p), len(index))
+                packed["params"].append(index[id(p)])
+            groups.append(packed)
+        state = {index[id(p)]: dict(s) for p, s in self.state.items() if id(p) in index}
+        return {"state": state, "param_groups": groups}
+
+    def check_state_dict(self, state_dict: dict):
+        """Everything ``load_state_dict`` would assign, checked, without assigning it.
+
+        Returns (new state, new param_groups); raises ValueError naming what does not fit:
+        the number of groups, a group's size, an unknown parameter index, or a state array
+        whose shape is not its parameter's.
+        """
+        if not isinstance(state_dict, dict) or set(state_dict) != {"state", "param_groups"}:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict with keys "
+                             f"'state' and 'param_groups'")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has a different number of parameter groups "
+                             f"({len(saved_groups)}) than the optimizer ({len(self.param_groups)})")
+        params_of = {}
+        new_groups = []
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"loaded state dict contains a parameter group that doesn't "
+                                 f"match the size of optimizer's group: group {i} has "
+                                 f"{len(saved['params'])} params, the optimizer's has "
+                                 f"{len(group['params'])}")
+            params_of.update(zip(saved["params"], group["params"]))
+            new_group = {}
+            for key, value in saved.items():
+                if isinstance(group.get(key), tuple) and isinstance(value, list):
+                    value = tuple(value)  # e.g. betas, after a trip through JSON
+                new_group[key] = value
+            new_group["params"] = group["params"]
+            new_groups.append(new_group)
+        new_state = {}
+        for index, saved in state_dict["state"].items():
+            p = params_of.get(int(index))
+            if p is None:
+                raise ValueError(f"loaded state dict has state for parameter {index}, which is "
+                                 f"in none of its parameter groups")
+            new_state[p] = {name: _state_value(name, value, p, index)
+                            for name, value in saved.items()}
+        return new_state, new_groups
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Replace state and options by those of ``state_dict`` (checked first: on an error
+        nothing changes). State arrays are copied onto each parameter's device; floating
+        ones take the parameter's dtype, as PyTorch."""
+        new_state, new_groups = self.check_state_dict(state_dict)
+        self.state = new_state
+        self.param_groups = new_groups
+
+    def __repr__(self) -> str:
+        text = type(self).__name__ + " ("
+        for i, group in enumerate(self.param_groups):
+            text += f"\nParameter Group {i}"
+            for key in sorted(group):
+                if key != "params":
+                    text += f"\n    {key}: {group[key]}"
+        return text + "\n)"
+
+
+def _state_value(name: str, value, param: Tensor, index):
+    """A copy of one state entry, on the parameter's device and (if floating) dtype."""
+    if name == "step":  # a count: PyTorch keeps it as a 0-d tensor, tinynorm as a number
+        count = float(value.item() if hasattr(value, "item") else value)
+        return int(count) if count.is_integer() else count
+    if isinstance(value, Tensor):
+        value = value.data
+    elif not backend.is_array(value):
+        if not hasattr(value, "__array__"):
+            return value  # some other number or flag: kept as it is
+        value = backend.to_numpy(value)  # e.g. a CPU torch.Tensor
+    if tuple(value.shape) != tuple(param.shape):
+        raise ValueError(f"loaded state dict has {name!r} of shape {tuple(value.shape)} for "
+                         f"parameter {index} of shape {tuple(param.shape)}")
+    dtype = param.dtype if value.dtype.kind == "f" else value.dtype
+    device = "cuda" if param.device.startswith("cuda") else "cpu"
+    return backend.asarray(value, dtype=dtype, device=device).copy()
