@@ -172,7 +172,7 @@ def test_torch_state_dict_loads_and_continues_like_torch():
         set_grads(rng, ours, theirs)
         ref.step()
     for p, t in zip(ours, theirs):
-        p.data[...] = t.detach().numpy()
+        p.data[...] = tn.tensor(t.detach().numpy()).data
     opt = optim.AdamW(ours)
     opt.load_state_dict(ref.state_dict())
     for _ in range(6):

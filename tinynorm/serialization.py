@@ -78,9 +78,13 @@ def save_checkpoint(path, *, model=None, optimizer=None, scheduler=None, step=No
 
     path = os.fspath(path)
     partial = path + ".partial"
-    with open(partial, "wb") as f:
-        backend.save_npz(f, arrays)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as f:
+            backend.save_npz(f, arrays)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):  # only after a failure: os.replace moved it otherwise
+            os.remove(partial)
 
 
 def _encode_optimizer(optimizer, arrays: dict) -> dict:

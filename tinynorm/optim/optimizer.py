@@ -139,7 +139,8 @@ class Optimizer:
                                  f"{len(saved['params'])} params, the optimizer's has "
                                  f"{len(group['params'])}")
             params_of.update(zip(saved["params"], group["params"]))
-            new_group = {}
+            # options the saved group lacks keep their current values
+            new_group = {k: v for k, v in group.items() if k != "params"}
             for key, value in saved.items():
                 if isinstance(group.get(key), tuple) and isinstance(value, list):
                     value = tuple(value)  # e.g. betas, after a trip through JSON
