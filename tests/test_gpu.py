@@ -1,9 +1,9 @@
 """The fused CUDA kernels (tinynorm.kernels) against the reference, in three layers, so that
 most of it is checked without a GPU:
 
-1. CPU, always: the launch geometry, the switches and errors, and a NumPy emulation of the
-   kernels' algorithms (the same reduction order, the same row chunks) against the plain
-   formulas. A logic error in the algorithm shows up here without a device.
+1. CPU, always (tests/test_gpu_emulated.py): the launch geometry, the switches and errors,
+   and the Python wrappers run against NumPy emulations of each CUDA kernel (same argument
+   lists, same reduction order, same row chunks), compared with the reference formulas here.
 2. NVRTC, where CuPy's compiler bindings import (no GPU needed): every kernel compiles for
    sm_70/80/90, lowers every instantiation, spills nothing, fits its block size, and the
    float32 kernels do no float64 arithmetic except the dγ/dβ sums. CI has no CuPy: these
@@ -11,10 +11,7 @@ most of it is checked without a GPU:
 3. GPU (``@pytest.mark.gpu``, skipped where there is none): fused against the reference
    formulas (float64 within 1e-12, float32 within 1e-5), bit-identical reruns, PyTorch on CUDA.
 """
-import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -76,166 +73,6 @@ def ref_softmax(xp, x, dy):
     y = e / e.sum(axis=-1, keepdims=True)
     gy = dy * y
     return y, gy - y * gy.sum(axis=-1, keepdims=True)
-
-
-# ==== 1. CPU: geometry, switches, errors, emulation ======================================
-@pytest.mark.parametrize("n", [1, 3, 31, 32, 255, 256, 257, 1000, 4096, 4097, 8192, 8193, 10**6])
-def test_row_threads_is_a_warp_multiple_covering_the_row(n):
-    t = kernels.row_threads(n)
-    assert t % 32 == 0 and 32 <= t <= 1024 and t & (t - 1) == 0
-    assert t * _cuda.ELEMENTS_PER_THREAD >= n or t == 1024  # ~8 elements a thread, capped
-    assert t == 32 or t // 2 * _cuda.ELEMENTS_PER_THREAD < n  # and no bigger than needed
-
-
-@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 100, 1000, 16384, 204800, 10**6])
-@pytest.mark.parametrize("n", [1, 3, 64, 1000, 4096, 4097])
-def test_param_grad_chunks_cover_every_row_once(rows, n):
-    chunks, per = kernels.param_grad_chunks(rows, n)
-    assert chunks >= 1 and per >= 1
-    assert (chunks - 1) * per < rows <= chunks * per  # every chunk non-empty, all rows covered
-    tiles = -(-n // _cuda.PARTIAL_TILE)
-    assert tiles * chunks <= max(_cuda.PARTIAL_BLOCKS, tiles)  # grid stays near the target
-    assert chunks * n < 2**31 and rows * n < 2**40  # the kernels' int/size_t indexing holds
-
-
-def test_fused_is_used_only_for_gpu_float_arrays_and_can_be_switched_off():
-    a = np.ones((2, 3), np.float32)
-    assert not kernels.use_fused(a)  # NumPy arrays always take the reference path
-    assert not kernels.use_fused()
-    before = kernels.enabled
-    with kernels.fused(False):
-        assert kernels.enabled is False
-    assert kernels.enabled is before
-
-
-def test_env_switch_and_import_without_cupy():
-    code = ("import sys, tinynorm, tinynorm.kernels as k; "
-            "print(k.enabled, 'cupy' in sys.modules)")
-    env = dict(os.environ, TINYNORM_FUSED="0")
-    env.pop("TINYNORM_BACKEND", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["False", "False"], out  # switched off, and importing loaded no CuPy
-
-
-@pytest.mark.parametrize("call", [
-    lambda a: kernels.layer_norm_forward(a, None, None, EPS),
-    lambda a: kernels.rms_norm_forward(a, None, EPS),
-    lambda a: kernels.softmax_forward(a),
-])
-def test_fused_entry_points_reject_host_arrays_by_name(call):
-    with pytest.raises(TypeError, match=r"\(fused\): expected a GPU \(CuPy\) array"):
-        call(np.ones((2, 3), np.float32))
-
-
-# -- emulation: the kernels' reduction order in NumPy --------------------------------------
-def _butterfly(v, op):
-    """__shfl_xor_sync over the last axis (32 lanes): every lane ends with the same value."""
-    lanes = np.arange(32)
-    for offset in (16, 8, 4, 2, 1):
-        v = op(v, v[..., lanes ^ offset])
-    return v
-
-
-def emulate_block_reduce(values, op, identity):
-    """(rows, n) -> (rows,), in block_reduce's order (_cuda.COMMON) for row_threads(n)."""
-    rows, n = values.shape
-    threads = kernels.row_threads(n)
-    steps = -(-n // threads)
-    padded = np.full((rows, steps * threads), identity, values.dtype)
-    padded[:, :n] = values
-    acc = np.full((rows, threads), identity, values.dtype)
-    for k in range(steps):  # thread t folds columns t, t + threads, ... in order
-        acc = op(acc, padded[:, k * threads:(k + 1) * threads])
-    per_warp = _butterfly(acc.reshape(rows, threads // 32, 32), op)[..., 0]
-    scratch = np.full((rows, 32), identity, values.dtype)
-    scratch[:, :threads // 32] = per_warp
-    return _butterfly(scratch, op)[:, 0]
-
-
-def emulate_param_grad(dy, x_hat):
-    """Σ_rows dy·x̂ and Σ_rows dy in float64, in the partial-sum kernels' order."""
-    rows, n = dy.shape
-    chunks, per = kernels.param_grad_chunks(rows, n)
-    strands = _cuda.PARTIAL_STRANDS
-    dw, db = np.zeros(n), np.zeros(n)
-    seen = np.zeros(rows, int)
-    for c in range(chunks):
-        first, last = c * per, min(rows, (c + 1) * per)
-        assert last > first, "empty chunk"
-        sw, sb = np.zeros((strands, n)), np.zeros((strands, n))
-        for s in range(strands):
-            for row in range(first + s, last, strands):
-                sw[s] += dy[row].astype(np.float64) * x_hat[row].astype(np.float64)
-                sb[s] += dy[row]
-                seen[row] += 1
-        for s in range(1, strands):
-            sw[0] += sw[s]
-            sb[0] += sb[s]
-        dw += sw[0]
-        db += sb[0]
-    assert (seen == 1).all(), "a row was summed twice or never"
-    return dw.astype(dy.dtype), db.astype(dy.dtype)
-
-
-def emulate_layer_norm(x, w, b, dy, eps=EPS):
-    n = x.shape[1]
-    add = np.add
-    mu = emulate_block_reduce(x, add, 0) / x.dtype.type(n)
-    d = x - mu[:, None]
-    r = 1 / np.sqrt(emulate_block_reduce(d * d, add, 0) / x.dtype.type(n) + x.dtype.type(eps))
-    x_hat = (x - mu[:, None]) * r[:, None]
-    g = dy * w
-    mean_g = emulate_block_reduce(g, add, 0) / x.dtype.type(n)
-    mean_gx = emulate_block_reduce(g * x_hat, add, 0) / x.dtype.type(n)
-    dx = r[:, None] * (g - mean_g[:, None] - x_hat * mean_gx[:, None])
-    return (x_hat * w + b, mu, r, dx) + emulate_param_grad(dy, x_hat)
-
-
-def emulate_rms_norm(x, w, dy, eps=EPS):
-    n = x.shape[1]
-    r = 1 / np.sqrt(emulate_block_reduce(x * x, np.add, 0) / x.dtype.type(n) + x.dtype.type(eps))
-    x_hat = x * r[:, None]
-    g = dy * w
-    mean_gx = emulate_block_reduce(g * x_hat, np.add, 0) / x.dtype.type(n)
-    dx = r[:, None] * (g - x_hat * mean_gx[:, None])
-    return x_hat * w, r, dx, emulate_param_grad(dy, x_hat)[0]
-
-
-def emulate_softmax(x, dy):
-    m = emulate_block_reduce(x, np.fmax, -np.inf)
-    s = emulate_block_reduce(np.exp(x - m[:, None]), np.add, 0)
-    y = np.exp(x - m[:, None]) / s[:, None]
-    dot = emulate_block_reduce(dy * y, np.add, 0)
-    return y, dy * y - y * dot[:, None]
-
-
-EMULATED_SHAPES = [(1, 1), (5, 3), (64, 1000), (7, 4097), (300, 3), (2, 40000), (200, 64)]
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("rows,n", EMULATED_SHAPES)
-def test_emulated_kernels_match_the_reference(rows, n, dtype):
-    x, w, b, dy = inputs(rows, n, dtype, seed=rows * 7 + n)
-    with np.errstate(over="ignore"):
-        names = ("y", "mean", "rstd", "dx", "dweight", "dbias")
-        for name, got, want in zip(names, emulate_layer_norm(x, w, b, dy),
-                                   ref_layer_norm(np, x, w, b, dy)):
-            assert_matches(got, want, dtype, f"layer_norm {name}")
-        for name, got, want in zip(("y", "rstd", "dx", "dweight"), emulate_rms_norm(x, w, dy),
-                                   ref_rms_norm(np, x, w, dy)):
-            assert_matches(got, want, dtype, f"rms_norm {name}")
-        for name, got, want in zip(("y", "dx"), emulate_softmax(x, dy), ref_softmax(np, x, dy)):
-            assert_matches(got, want, dtype, f"softmax {name}")
-
-
-def test_emulated_block_reduce_is_exact_on_integers_and_handles_short_rows():
-    # Integers below 2**24 add exactly in float32, so any order must give the exact sum; a
-    # lost or doubled element (wrong padding, wrong lane) changes it.
-    for n in (1, 3, 33, 1000, 4097, 9000):
-        v = np.arange(1, n + 1, dtype=np.float32)[None, :]
-        assert emulate_block_reduce(v, np.add, 0)[0] == n * (n + 1) // 2
-        assert emulate_block_reduce(-v, np.fmax, -np.inf)[0] == -1
 
 
 # ==== 2. NVRTC: compile every kernel without a GPU ========================================

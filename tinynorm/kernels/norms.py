@@ -3,9 +3,12 @@
 Same math, symbols and saved quantities as tinynorm.ops.layer_norm / rms_norm, which stay
 the reference. Per row of n elements (one block per row, a loop over the row):
 
-LayerNorm forward   μ = Σx / n;  σ² = Σ(x − μ)² / n  (two passes: no cancellation when
-                    |μ| ≫ σ);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;  y = x̂·γ + β.
-                    Saves μ and r: two numbers per row; x̂ is recomputed in backward.
+LayerNorm forward   μ0 = Σx / n, refined once as the op does: μ = μ0 + mean(x − μ0) (the
+                    rounding of Σx would otherwise stay in every x̂ when |μ| ≫ σ);
+                    σ² = mean((x − μ)²), from the same pass over x − μ0 (two passes over
+                    x in all, never Σx²/n − μ²);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;
+                    y = x̂·γ + β.  Saves μ and r: two numbers per row; x̂ is recomputed
+                    in backward.
 LayerNorm backward  g = dy·γ;  dx = r·(g − mean(g) − x̂·mean(g·x̂));
                     dγ = Σ_rows dy·x̂;  dβ = Σ_rows dy.
 RMSNorm forward     r = 1/√(Σx²/n + ε);  x̂ = x·r;  y = x̂·γ.  Saves r: one number per row.
@@ -43,12 +46,16 @@ layer_norm_forward(const T* __restrict__ x, const T* __restrict__ weight,
     T* yr = y + row * n;
     T sum_x = 0;
     FOR_EACH_COLUMN(j) sum_x += xr[j];
-    const T mu = block_reduce(sum_x, Add(), T(0), scratch) / T(n);
-    T sum_d2 = 0;
-    FOR_EACH_COLUMN(j) { const T d = xr[j] - mu; sum_d2 += d * d; }
-    const T r = T(1) / sqrt(block_reduce(sum_d2, Add(), T(0), scratch) / T(n) + eps);
-    FOR_EACH_COLUMN(j) yr[j] = (xr[j] - mu) * r * weight[j] + bias[j];
-    if (threadIdx.x == 0) { mean[row] = mu; rstd[row] = r; }
+    const T mu0 = block_reduce(sum_x, Add(), T(0), scratch) / T(n);
+    T sum_d = 0, sum_d2 = 0;  // d = x − μ0
+    FOR_EACH_COLUMN(j) { const T d = xr[j] - mu0; sum_d += d; sum_d2 += d * d; }
+    const T residual = block_reduce(sum_d, Add(), T(0), scratch) / T(n);
+    const T mean_d2 = block_reduce(sum_d2, Add(), T(0), scratch) / T(n);
+    // mean((d − residual)²) = mean(d²) − residual²; residual is rounding-sized, so this
+    // difference cancels nothing that matters (fmax guards the sign of a zero variance).
+    const T r = T(1) / sqrt(fmax(mean_d2 - residual * residual, T(0)) + eps);
+    FOR_EACH_COLUMN(j) yr[j] = ((xr[j] - mu0) - residual) * r * weight[j] + bias[j];
+    if (threadIdx.x == 0) { mean[row] = mu0 + residual; rstd[row] = r; }
 }
 
 template <typename T>
