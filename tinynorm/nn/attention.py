@@ -117,7 +117,8 @@ class MultiheadAttention(Module):
         same = (query is key and key is value, key is value)  # before unsqueeze makes new tensors
         if not batched:
             query, key, value = (ops.unsqueeze(t, 1) for t in (query, key, value))
-        n, length, source = query.shape[batch_dim], query.shape[1 - batch_dim], key.shape[1 - batch_dim]
+        n, length = query.shape[batch_dim], query.shape[1 - batch_dim]
+        source = key.shape[1 - batch_dim]
 
         q, k, v = self._in_projection(query, key, value, *same)
         q, k, v = (_split_heads(t, self.num_heads, batch_dim) for t in (q, k, v))

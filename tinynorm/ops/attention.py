@@ -17,7 +17,6 @@ import math
 
 from .. import backend
 from ..autograd import Function
-from ..tensor import Tensor
 from ._adjoint import broadcast_shape, unbroadcast
 
 OP = "scaled_dot_product_attention"
@@ -56,7 +55,7 @@ def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal):
 
 
 def _masked_scores(q, k, attn_mask, is_causal, scale, xp):
-    """S = (scale·Q) Kᵀ + M as a fresh array. Scaling Q (L×E) is cheaper than scaling S (L×S)."""
+    """S = (scale·Q) Kᵀ + M, a fresh array (scaling Q, L×E, costs less than scaling S, L×S)."""
     scores = (q * q.dtype.type(scale)) @ k.swapaxes(-1, -2)
     if is_causal:  # query i sees keys j <= i (top-left aligned, as torch's tril)
         allowed = xp.tri(q.shape[-2], k.shape[-2], dtype=backend.bool_)
@@ -112,7 +111,8 @@ class ScaledDotProductAttention(Function):
             dropped *= 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
         out = dropped @ v
 
-        ctx.scale, ctx.dropout_p, ctx.is_causal, ctx.recompute = scale, dropout_p, is_causal, recompute
+        ctx.scale, ctx.dropout_p, ctx.is_causal = scale, dropout_p, is_causal
+        ctx.recompute = recompute
         ctx.shapes = (q.shape, k.shape, v.shape, None if attn_mask is None else attn_mask.shape)
         ctx.mask_dtype = None if attn_mask is None else attn_mask.dtype
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
@@ -142,6 +142,9 @@ class ScaledDotProductAttention(Function):
         rowsum(dP ⊙ P) = rowsum(dP_d ⊙ P_d) = rowsum(dO ⊙ O) (+ rowsum(dW ⊙ P_d)), since
         O = P_d V: an (L × Ev) product instead of one over (L × S). Broadcast batch dims are
         summed back (``unbroadcast``). A fully masked row has P = 0, so its dS, dQ are 0.
+        In the code: dO = grad_out, dW = grad_weights, P = probs, P_d = dropped, D = keep
+        scaled by 1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then
+        dS, in place (it is our own array).
 
         Saved: P, (L × S) per head in q's dtype (e.g. 1 MiB per head at L = S = 512, float32),
         the output O (L × Ev per head), the bool dropout mask (L × S bytes) when dropout_p > 0,
