@@ -232,6 +232,11 @@ def _topological_order(root):
     return order
 
 
+def _array(g):
+    """``g`` as an array: NumPy turns 0-d results (a sum of two 0-d arrays) into scalars."""
+    return g if backend.is_array(g) else backend.array_module(g).asarray(g)
+
+
 def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
     """Run backward from ``tensor``; see ``Tensor.backward``."""
     if not tensor.requires_grad:
@@ -259,10 +264,10 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
         held = target if isinstance(target, Tensor) else target.ref()
         if held is not None and (held.grad_fn is None or held.retains_grad):
             entry = arrived.setdefault(id(held), [held, None])
-            entry[1] = g if entry[1] is None else entry[1] + g
+            entry[1] = g if entry[1] is None else _array(entry[1] + g)
         if not isinstance(target, Tensor):
             slots = pending.setdefault(id(target.node), [None] * len(target.node.outputs))
-            slots[target.index] = g if slots[target.index] is None else slots[target.index] + g
+            slots[target.index] = g if slots[target.index] is None else _array(slots[target.index] + g)
 
     deliver(tensor if tensor.grad_fn is None else Edge(tensor), gradient)
     for node in _topological_order(tensor.grad_fn) if tensor.grad_fn is not None else ():
@@ -288,8 +293,7 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
         for target, g in zip(node.edges, grad_ins):
             if target is None or g is None:
                 continue
-            if not backend.is_array(g):  # a NumPy scalar from a 0-d computation
-                g = backend.array_module(g).asarray(g)
+            g = _array(g)
             if g.dtype != target.dtype and target.dtype.kind == "f" and any(
                     g.dtype == dtype for _, dtype in node.outputs):
                 # an op on mixed float dtypes computes in the wider one, its output's; as in

@@ -1,0 +1,175 @@
+"""Tensor basics: creation and its dtype rules, attributes, conversions, comparisons, seeding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tinynorm as tn
+
+
+# ---- tn.tensor dtype rules ---------------------------------------------------------------------
+@pytest.mark.parametrize("data,dtype", [
+    (1.5, "float32"),
+    ([1.0, 2.0], "float32"),
+    ([[1, 2.5], [3, 4]], "float32"),  # a list mixing ints and floats is a float list
+    (np.array([1.0, 2.0]), "float64"),  # NumPy arrays keep their dtype
+    (np.float64(2.0), "float64"),
+    (np.array([1.0], dtype=np.float32), "float32"),
+    (np.array([1.0], dtype=np.float16), "float16"),
+    (3, "int64"),
+    ([1, 2, 3], "int64"),
+    (np.array([1, 2], dtype=np.int32), "int32"),
+    (True, "bool"),
+    ([True, False], "bool"),
+    (np.array([True]), "bool"),
+])
+def test_tensor_dtype_rules(data, dtype):
+    assert tn.tensor(data).dtype == np.dtype(dtype)
+
+
+def test_tensor_explicit_dtype_and_copy():
+    source = np.array([1.0, 2.0])
+    t = tn.tensor(source, dtype=tn.float32)
+    assert t.dtype == np.float32
+    t64 = tn.tensor(source)
+    source[0] = 99.0
+    assert tn.backend.to_numpy(t64.data)[0] == 1.0, "tn.tensor copies its data"
+    assert tn.tensor(t64).dtype == np.float64
+    assert tn.tensor([1, 2], dtype=tn.float64).dtype == np.float64
+
+
+# ---- factories -------------------------------------------------------------------------------
+@pytest.mark.parametrize("make,value", [(tn.zeros, 0.0), (tn.ones, 1.0)])
+def test_zeros_and_ones(make, value):
+    for t in (make(2, 3), make((2, 3)), make([2, 3])):
+        assert t.shape == (2, 3) and t.dtype == np.float32 and (t.numpy() == value).all()
+    assert make(4, dtype=tn.float64).dtype == np.float64
+    assert make(3, dtype=tn.int64).dtype == np.int64
+    assert make(2, requires_grad=True).requires_grad
+    assert make().shape == ()
+
+
+def test_empty_full_and_arange():
+    assert tn.empty(2, 5).shape == (2, 5) and tn.empty(2, 5).dtype == np.float32
+    full = tn.full((2, 2), 7.5)
+    assert full.dtype == np.float32 and (full.numpy() == 7.5).all()
+    assert tn.full(3, 4).dtype == np.int64 and tn.full(3, True).dtype == np.bool_  # as torch.full
+    assert tn.full((2,), 1, dtype=tn.float64).dtype == np.float64
+    assert tn.arange(5).dtype == np.int64 and tn.arange(5).tolist() == [0, 1, 2, 3, 4]
+    assert tn.arange(2, 8, 2).tolist() == [2, 4, 6]
+    halves = tn.arange(0, 1, 0.25)
+    assert halves.dtype == np.float32 and halves.tolist() == [0.0, 0.25, 0.5, 0.75]
+    assert tn.arange(3, dtype=tn.float64).dtype == np.float64
+
+
+def test_random_factories():
+    tn.manual_seed(0)
+    normal = tn.randn(20_000, dtype=tn.float64).numpy()
+    uniform = tn.rand(20_000).numpy()
+    assert tn.randn(2, 3).dtype == np.float32 and tn.randn((2, 3)).shape == (2, 3)
+    # 20,000 samples: the mean's standard error is 0.007 (normal) and 0.002 (uniform)
+    assert abs(normal.mean()) < 0.05 and abs(normal.std() - 1) < 0.05
+    assert uniform.min() >= 0 and uniform.max() < 1 and abs(uniform.mean() - 0.5) < 0.02
+    assert tn.rand(3, requires_grad=True).requires_grad
+
+
+def test_like_factories_copy_shape_dtype_and_device():
+    base = tn.tensor(np.ones((2, 3), dtype=np.float64))
+    for make in (tn.zeros_like, tn.ones_like, tn.empty_like, tn.randn_like, tn.rand_like):
+        t = make(base)
+        assert (t.shape, t.dtype, t.device) == ((2, 3), np.float64, base.device), make.__name__
+        assert make(base, dtype=tn.float32).dtype == np.float32
+        assert make(base, requires_grad=True).requires_grad
+    assert (tn.zeros_like(base).numpy() == 0).all() and (tn.ones_like(base).numpy() == 1).all()
+    full = tn.full_like(base, 2.5)
+    assert full.dtype == np.float64 and (full.numpy() == 2.5).all()
+
+
+def test_manual_seed_reproduces_every_random_factory():
+    def draw():
+        return tn.randn(5).numpy(), tn.rand(2, 2).numpy(), tn.randn_like(tn.zeros(3)).numpy()
+
+    tn.manual_seed(42)
+    first = draw()
+    tn.manual_seed(42)
+    again = draw()
+    tn.manual_seed(43)
+    other = draw()
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert (a != c).any()
+
+
+# ---- attributes and conversions -------------------------------------------------------------------
+def test_attributes():
+    t = tn.tensor(np.zeros((2, 3, 4)), requires_grad=True)
+    assert tn.backend.is_array(t.data) and t.grad is None
+    assert t.shape == (2, 3, 4) and t.dtype == np.float64 and t.ndim == 3
+    assert t.device == "cpu" and t.requires_grad and t.is_leaf and t.grad_fn is None
+    assert t.size() == (2, 3, 4) and t.size(1) == 3 and t.dim() == 3 and t.numel() == 24 and len(t) == 2
+    y = t * 2
+    assert not y.is_leaf and y.requires_grad and y.grad_fn is not None
+    with pytest.raises(TypeError, match="0-d"):
+        len(tn.tensor(1.0))
+
+
+def test_numpy_item_and_python_numbers():
+    t = tn.tensor([[1.5, 2.0]])
+    assert isinstance(t.numpy(), np.ndarray) and t.numpy().tolist() == [[1.5, 2.0]]
+    assert tn.tensor([3.25]).item() == 3.25 and isinstance(tn.tensor(2).item(), int)
+    assert float(tn.tensor(1.5)) == 1.5 and int(tn.tensor(7)) == 7 and bool(tn.tensor(True))
+    with pytest.raises(RuntimeError, match="2 elements"):
+        t.item()
+    needs_grad = tn.tensor([1.0], requires_grad=True)
+    with pytest.raises(RuntimeError, match="detach"):
+        needs_grad.numpy()
+    assert needs_grad.detach().numpy().tolist() == [1.0]
+
+
+def test_detach_shares_memory_and_leaves_the_graph():
+    x = tn.tensor(np.arange(3.0), requires_grad=True)
+    y = x * 2
+    d = y.detach()
+    assert d.is_leaf and not d.requires_grad and d.grad_fn is None
+    assert d.data is y.data
+    with pytest.raises(RuntimeError, match="leaf"):
+        y.requires_grad_(False)
+
+
+def test_to_dtype_is_differentiable_and_cpu_is_identity():
+    x = tn.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x.to(tn.float32)
+    assert y.dtype == np.float32 and y.requires_grad
+    (y * tn.tensor([3.0, 4.0])).sum().backward()
+    assert x.grad.dtype == np.float64 and x.grad.tolist() == [3.0, 4.0]
+    assert x.to(tn.float64) is x and x.cpu() is x and x.to("cpu") is x
+    assert x.float().dtype == np.float32 and x.to(dtype=tn.float32).double().dtype == np.float64
+    with pytest.raises(ValueError, match="unknown device"):
+        x.to("tpu")
+
+
+def test_comparisons_return_bool_tensors_without_grad():
+    x = tn.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    other = tn.tensor([3.0, 2.0, 1.0])
+    results = {
+        "<": (x < 2, [True, False, False]), "<=": (x <= other, [True, True, False]),
+        ">": (x > other, [False, False, True]), ">=": (x >= 2, [False, True, True]),
+        "==": (x == other, [False, True, False]), "!=": (x != 2.0, [True, False, True]),
+    }
+    for name, (result, expected) in results.items():
+        assert isinstance(result, tn.Tensor), name
+        assert result.dtype == np.bool_ and not result.requires_grad and result.grad_fn is None, name
+        assert result.tolist() == expected, name
+
+
+def test_operators_with_python_numbers_and_arrays_on_either_side():
+    x = tn.tensor([1.0, 2.0])
+    assert (2 * x).tolist() == [2.0, 4.0] and (1 - x).tolist() == [0.0, -1.0]
+    assert (4 / x).tolist() == [4.0, 2.0] and (x ** 2).tolist() == [1.0, 4.0]
+    assert isinstance(np.array([1.0, 1.0]) + x, tn.Tensor)
+
+
+def test_repr_names_grad_state():
+    assert repr(tn.tensor([1.0])).startswith("tensor(")
+    assert "requires_grad=True" in repr(tn.tensor([1.0], requires_grad=True))
+    assert "grad_fn=<MulBackward>" in repr(tn.tensor([1.0], requires_grad=True) * 2)

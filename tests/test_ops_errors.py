@@ -1,0 +1,109 @@
+"""Bad input fails loudly: the error names the op and the shapes or dtype it was given."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import tinynorm as tn
+
+F = tn.nn.functional
+
+
+def t(*shape, dtype=np.float64):
+    return tn.tensor(np.ones(shape, dtype=dtype))
+
+
+def mask(*shape):
+    return tn.tensor(np.ones(shape, dtype=bool))
+
+
+# (op name, call, shapes the message must name)
+SHAPE_MISMATCHES = [
+    ("add", lambda: t(2, 3) + t(4), [(2, 3), (4,)]),
+    ("sub", lambda: tn.sub(t(2, 3), t(3, 2)), [(2, 3), (3, 2)]),
+    ("mul", lambda: t(5) * t(4), [(5,), (4,)]),
+    ("div", lambda: t(2, 1, 3) / t(2, 2), [(2, 1, 3), (2, 2)]),
+    ("matmul", lambda: t(2, 3) @ t(4, 5), [(2, 3), (4, 5)]),
+    ("matmul", lambda: t(3) @ t(4), [(3,), (4,)]),
+    ("matmul", lambda: t(2, 3, 4) @ t(3, 4, 5), [(2, 3, 4), (3, 4, 5)]),  # batch dims
+    ("linear", lambda: F.linear(t(2, 3), t(4, 5)), [(2, 3), (4, 5)]),
+    ("linear", lambda: F.linear(t(2, 3), t(4, 3), t(5)), [(5,), (4, 3)]),
+    ("cat", lambda: tn.cat([t(2, 3), t(2, 4)], 0), [(2, 3), (2, 4)]),
+    ("cat", lambda: tn.cat([t(2, 3), t(2, 3, 1)], 1), [(2, 3), (2, 3, 1)]),
+    ("stack", lambda: tn.stack([t(2, 3), t(3, 2)]), [(2, 3), (3, 2)]),
+    ("where", lambda: tn.where(mask(2, 3), t(4), t(2, 3)), [(2, 3), (4,)]),
+    ("masked_fill", lambda: t(2, 3).masked_fill(mask(3, 2), 0.0), [(2, 3), (3, 2)]),
+    ("masked_fill", lambda: t(3).masked_fill(mask(2, 3), 0.0), [(3,), (2, 3)]),
+    ("reshape", lambda: t(2, 3).reshape(4, 2), [(2, 3), (4, 2)]),
+    ("reshape", lambda: t(2, 3).view(-1, 4), [(2, 3), (-1, 4)]),
+    ("expand", lambda: t(2, 3).expand(4, 4), [(2, 3), (4, 4)]),
+    ("split", lambda: t(2, 5).split([2, 2], 1), [(2, 5)]),
+    ("permute", lambda: t(2, 3).permute(0, 0), [(2, 3)]),
+]
+
+
+@pytest.mark.parametrize("op,call,shapes", SHAPE_MISMATCHES,
+                         ids=[f"{op}-{i}" for i, (op, _, _) in enumerate(SHAPE_MISMATCHES)])
+def test_shape_mismatch_names_the_op_and_the_shapes(op, call, shapes):
+    with pytest.raises((ValueError, RuntimeError, IndexError)) as info:
+        call()
+    message = str(info.value)
+    assert message.startswith(op), message
+    for s in shapes:
+        assert str(s) in message, f"{s} not named in: {message}"
+
+
+FLOAT_ONLY = [
+    ("tanh", tn.tanh), ("exp", tn.exp), ("log", tn.log), ("sqrt", tn.sqrt),
+    ("softmax", lambda x: tn.softmax(x, -1)), ("log_softmax", lambda x: tn.log_softmax(x, 0)),
+    ("gelu", F.gelu), ("dropout", lambda x: F.dropout(x, 0.5)),
+]
+
+
+@pytest.mark.parametrize("op,call", FLOAT_ONLY, ids=[op for op, _ in FLOAT_ONLY])
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_float_only_ops_name_the_dtype(op, call, dtype):
+    x = tn.tensor(np.ones((2, 3), dtype=dtype))
+    with pytest.raises(TypeError, match=rf"^{op}: .*floating-point.*{dtype}"):
+        call(x)
+
+
+def test_requires_grad_on_an_integer_tensor_raises():
+    with pytest.raises(RuntimeError, match="floating-point.*int64"):
+        tn.tensor([1, 2, 3], requires_grad=True)
+    with pytest.raises(RuntimeError, match="floating-point.*bool"):
+        tn.tensor([True, False]).requires_grad_()
+    with pytest.raises(RuntimeError, match="floating-point.*int32"):
+        tn.zeros(3, dtype=tn.int32, requires_grad=True)
+
+
+def test_where_and_masked_fill_need_bool_masks():
+    with pytest.raises(TypeError, match="where: .*bool.*float64"):
+        tn.where(t(2), t(2), t(2))
+    with pytest.raises(TypeError, match="masked_fill: .*bool.*int64"):
+        t(2).masked_fill(tn.tensor([0, 1]), 0.0)
+
+
+def test_cat_of_mixed_dtypes_names_both():
+    with pytest.raises(TypeError, match="^cat: ") as info:
+        tn.cat([t(2, dtype=np.float32), t(2)])
+    assert "float32" in str(info.value) and "float64" in str(info.value)
+
+
+def test_dim_out_of_range_names_the_op_and_range():
+    with pytest.raises(IndexError, match=re.escape("softmax: dim 2 is out of range for a tensor of 2 dims")):
+        tn.softmax(t(2, 3), 2)
+    with pytest.raises(IndexError, match="sum: dim -3"):
+        t(2, 3).sum(-3)
+
+
+def test_pow_rejects_tensor_exponents():
+    with pytest.raises(TypeError, match="pow: .*exponent"):
+        t(2) ** t(2)
+
+
+def test_getitem_out_of_range_names_the_shape():
+    with pytest.raises(IndexError, match=re.escape("getitem: ") + ".*" + re.escape("(2, 3)")):
+        t(2, 3)[5]

@@ -1,0 +1,184 @@
+"""What the tables cannot say: dropout's randomness, softmax on huge inputs, gradients at kinks,
+and repeated indices, each stated as a plain assertion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import tinynorm as tn
+
+F = tn.nn.functional
+
+
+def leaf(array, dtype=np.float64):
+    return tn.tensor(np.asarray(array, dtype=dtype), requires_grad=True)
+
+
+def host(a):
+    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
+
+
+# ---- dropout ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [dict(p=0.0), dict(p=0.5, training=False), dict(p=1.0, training=False)])
+def test_dropout_identity_at_p0_and_in_eval(kwargs):
+    x = leaf(np.random.default_rng(0).standard_normal((4, 5)))
+    y = F.dropout(x, **kwargs)
+    g = np.random.default_rng(1).standard_normal((4, 5))
+    y.backward(g)
+    np.testing.assert_array_equal(host(y), host(x))
+    np.testing.assert_array_equal(x.grad, g)
+
+
+def test_dropout_p1_zeroes_everything():
+    x = leaf(np.random.default_rng(0).standard_normal(50))
+    y = F.dropout(x, 1.0)
+    y.backward(np.random.default_rng(1).standard_normal(50))
+    assert not host(y).any() and not x.grad.any()
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_inverted_scaling_statistics(p, dtype):
+    """A fraction p of the elements is zeroed, the rest scaled by 1/(1 − p): E[y] = x.
+
+    n = 200,000 elements: the zeroed fraction has standard deviation √(p(1−p)/n) ≤ 0.0012 and
+    the mean of y (for x = 1) √(p/((1−p)n)) ≤ 0.0045; the bounds below are 5 standard
+    deviations, so a false failure has probability < 1e-6 while a missing 1/(1−p) (mean off by
+    p ≥ 0.1) or an inverted mask (fraction 1 − p) fails for certain.
+    """
+    tn.manual_seed(1234)
+    n = 200_000
+    x = tn.ones(n, dtype=dtype)
+    y = host(F.dropout(x, p))
+    assert y.dtype == dtype
+    zeroed = float((y == 0).mean())
+    assert abs(zeroed - p) < 5 * np.sqrt(p * (1 - p) / n)
+    assert abs(float(y.mean(dtype=np.float64)) - 1.0) < 5 * np.sqrt(p / ((1 - p) * n))
+    kept = y[y != 0]
+    np.testing.assert_allclose(kept, 1.0 / (1.0 - p), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_backward_uses_the_forward_mask(dtype):
+    """y = x · s with s fixed in forward, so dx must be grad_out · (y / x) element by element."""
+    rng = np.random.default_rng(0)
+    x = leaf(rng.choice([-1.0, 1.0], (64, 33)) * rng.uniform(0.5, 2.0, (64, 33)), dtype)
+    g = rng.standard_normal((64, 33)).astype(dtype)
+    tn.manual_seed(7)
+    y = F.dropout(x, 0.4)
+    tn.randn(10)  # drawing more random numbers must not change the saved mask
+    y.backward(g)
+    expected = g * (host(y) / host(x))
+    np.testing.assert_allclose(x.grad, expected, rtol=2e-7 if dtype == np.float32 else 1e-15)
+    assert ((x.grad == 0) == (host(y) == 0)).all()
+    assert 0 < (host(y) == 0).sum() < y.numel()
+
+
+def test_dropout_is_reproducible_under_manual_seed():
+    x = tn.randn(1000)
+    tn.manual_seed(3)
+    first = host(F.dropout(x, 0.5))
+    tn.manual_seed(3)
+    again = host(F.dropout(x, 0.5))
+    other = host(F.dropout(x, 0.5))
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_dropout_rejects_bad_probability(p):
+    with pytest.raises(ValueError, match="dropout.*between 0 and 1"):
+        F.dropout(tn.randn(3), p)
+
+
+# ---- softmax and log_softmax on huge inputs --------------------------------------------------
+@pytest.mark.parametrize("scale", [1e4, 1e30])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_and_log_softmax_stay_finite_on_huge_inputs(scale, dtype):
+    """Naive e^x overflows at x ≈ 89 (float32) or 710 (float64); max-shifting never does."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal((3, 5)) * scale, [[scale, -scale, 0.0, scale, 1.0]]])
+    x = leaf(values.astype(dtype), dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    for op in (tn.softmax, tn.log_softmax):
+        x.grad = None
+        y = op(x, -1)
+        y.backward(g)
+        assert np.isfinite(host(y)).all(), op.__name__
+        assert np.isfinite(x.grad).all(), op.__name__
+        expected = getattr(torch, op.__name__)(torch.tensor(values.astype(dtype)), -1).numpy()
+        np.testing.assert_allclose(host(y), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(host(tn.softmax(x, -1)).sum(-1), 1.0, rtol=1e-6)
+
+
+def test_softmax_with_masked_minus_inf_entries():
+    """Masked scores of −inf get probability exactly 0 and gradient exactly 0."""
+    x = leaf([[0.5, float("-inf"), 2.0], [float("-inf"), 1.0, float("-inf")]])
+    y = tn.softmax(x, -1)
+    y.backward(np.array([[1.0, 2.0, -1.0], [0.5, -3.0, 4.0]]))
+    assert host(y)[0, 1] == 0 and host(y)[1, 1] == 1
+    assert x.grad[0, 1] == 0 and not x.grad[1].any()
+
+
+# ---- kinks and repeated indices ---------------------------------------------------------------
+@pytest.mark.parametrize("op", ["relu", "abs"])
+def test_gradient_is_zero_at_the_kink(op):
+    """PyTorch's convention: relu'(0) = 0 and abs'(0) = sign(0) = 0."""
+    x = leaf([-2.0, -0.0, 0.0, 3.0])
+    getattr(tn, op)(x).backward(np.array([5.0, 7.0, 11.0, 13.0]))
+    expected = {"relu": [0.0, 0.0, 0.0, 13.0], "abs": [-5.0, 0.0, 0.0, 13.0]}[op]
+    np.testing.assert_array_equal(x.grad, expected)
+
+
+def test_integer_index_backward_accumulates_repeats():
+    x = leaf(np.arange(12.0).reshape(4, 3))
+    index = tn.tensor([2, 0, 2, 2, -1])
+    g = np.arange(15.0).reshape(5, 3) + 1
+    x[index].backward(g)
+    expected = np.zeros((4, 3))
+    expected[2] = g[0] + g[2] + g[3]
+    expected[0] = g[1]
+    expected[3] = g[4]
+    np.testing.assert_array_equal(x.grad, expected)
+
+
+def test_boolean_mask_backward_scatters_to_the_selected_positions():
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    mask = tn.tensor([[True, False, True], [False, False, True]])
+    x[mask].backward(np.array([10.0, 20.0, 30.0]))
+    np.testing.assert_array_equal(x.grad, [[10.0, 0.0, 20.0], [0.0, 0.0, 30.0]])
+
+
+def test_max_splits_the_gradient_evenly_among_ties():
+    """As torch.amax: each of k equal maxima receives grad_out / k."""
+    x = leaf([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    x.max(1).backward(np.array([6.0, 9.0]))
+    np.testing.assert_array_equal(x.grad, [[0.0, 3.0, 3.0], [3.0, 3.0, 3.0]])
+
+
+def test_max_over_a_nonreduced_empty_dim_is_empty_and_over_an_empty_dim_raises():
+    assert tn.zeros(0, 3).max(1).shape == (0,)
+    with pytest.raises(RuntimeError, match=r"max: .*\(0, 3\)"):
+        tn.zeros(0, 3).max(0)
+
+
+def test_mixed_float_dtypes_promote_and_each_input_gets_its_own_dtype():
+    """As PyTorch: float32 · float64 computes in float64; each gradient keeps its input's dtype."""
+    a, b = leaf([1.5, 2.0], np.float32), leaf([3.0, -1.0], np.float64)
+    y = a * b
+    assert y.dtype == np.float64
+    y.backward(np.array([1.0, 2.0]))
+    assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad, [3.0, -2.0])
+    np.testing.assert_array_equal(b.grad, [1.5, 4.0])
+
+
+def test_zero_dim_results_are_arrays():
+    """NumPy returns scalars from 0-d reductions and ufuncs; a Tensor always holds an array
+    (a scalar would break in-place updates such as an optimizer's ``p.data -= lr * g``)."""
+    x = leaf(2.0)
+    for y in (x.sum(), x.exp(), x * x, x.max(), tn.tensor(np.ones(3)) @ tn.tensor(np.ones(3))):
+        assert tn.backend.is_array(y.data), type(y.data)
+    (x * x).exp().backward()
+    assert tn.backend.is_array(x.grad) and x.grad.shape == ()
