@@ -1,24 +1,15 @@
-"""tinynorm.kernels without a GPU: the launch geometry, the switches and errors, and the
-Python wrappers run end to end against NumPy emulations of each CUDA kernel.
-
-The emulation stands in for CuPy: arrays whose type tinynorm.backend takes for CuPy arrays,
-and a RawModule whose kernels (1) read their parameter lists from the CUDA source and check
-every launch argument against them (pointer dtypes, scalar types, outputs that alias no
-other argument, block sizes), then (2) do what the CUDA code does, in NumPy, in the same
-reduction order (thread strides, warp butterflies, row chunks and strands). Outputs come
-from a poisoned (NaN) allocator, so an element a kernel fails to write shows up.
-What this cannot check is the CUDA C itself; tests/test_gpu.py compiles it with NVRTC and,
-on a GPU, compares it with the same reference.
+"""tinynorm.kernels without a GPU: the launch geometry, the switches and errors, the Python
+wrappers, and the ops' fused path, run end to end on NumPy emulations of each CUDA kernel
+(tests/cuda_emulator.py) and compared with the reference formulas and the reference ops.
 """
 import os
-import re
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
+from cuda_emulator import EMULATED_CUPY, LAUNCHED, EmulatedModule, _poisoned, on_gpu
 from test_gpu import (EPS, assert_matches, inputs, ref_layer_norm, ref_rms_norm,
                       ref_softmax)
 from tinynorm import backend, kernels
@@ -73,216 +64,6 @@ def test_env_switch_and_import_without_cupy():
 def test_fused_entry_points_reject_host_arrays_by_name(call):
     with pytest.raises(TypeError, match=r"\(fused\): expected a GPU \(CuPy\) array"):
         call(np.ones((2, 3), np.float32))
-
-
-# ---- the stand-in for CuPy --------------------------------------------------------------
-class EmulatedGPUArray(np.ndarray):
-    """A NumPy array that tinynorm.backend takes for a CuPy array (its type's module name
-    starts with "cupy")."""
-
-    device = types.SimpleNamespace(id=0)
-
-    def get(self):
-        return np.asarray(self).copy()
-
-
-EmulatedGPUArray.__module__ = "cupy_emulated"
-
-
-def on_gpu(a):
-    return np.asarray(a).view(EmulatedGPUArray)
-
-
-def _poisoned(shape, dtype=np.float64):
-    return on_gpu(np.full(shape, np.nan, dtype))
-
-
-def _butterfly(v, op):
-    """__shfl_xor_sync over the last axis (32 lanes): every lane ends with the same value."""
-    lanes = np.arange(32)
-    for offset in (16, 8, 4, 2, 1):
-        v = op(v, v[..., lanes ^ offset])
-    return v
-
-
-def block_reduce(values, threads, op, identity):
-    """(rows, n) -> (rows,) in block_reduce's order (_cuda.COMMON) with ``threads`` a block."""
-    rows, n = values.shape
-    steps = -(-n // threads)
-    padded = np.full((rows, steps * threads), identity, values.dtype)
-    padded[:, :n] = values
-    acc = np.full((rows, threads), identity, values.dtype)
-    for k in range(steps):  # thread t folds columns t, t + threads, ... in order
-        acc = op(acc, padded[:, k * threads:(k + 1) * threads])
-    per_warp = _butterfly(acc.reshape(rows, threads // 32, 32), op)[..., 0]
-    scratch = np.full((rows, 32), identity, values.dtype)
-    scratch[:, :threads // 32] = per_warp
-    return _butterfly(scratch, op)[:, 0]
-
-
-def _sum(v, t):
-    return block_reduce(v, t, np.add, 0)
-
-
-# Each emulated kernel: (a = arguments by the CUDA parameter names, as flat arrays or scalars;
-# rows = gridDim.x for the row kernels; t = blockDim.x). Same formulas, same order as the CUDA.
-def _layer_norm_forward(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    x = a["x"].reshape(grid[0], n)
-    mu0 = _sum(x, t) / x.dtype.type(n)
-    d = x - mu0[:, None]
-    residual, mean_d2 = _sum(d, t) / x.dtype.type(n), _sum(d * d, t) / x.dtype.type(n)
-    r = 1 / np.sqrt(np.fmax(mean_d2 - residual * residual, 0) + a["eps"])
-    y = ((x - mu0[:, None]) - residual[:, None]) * r[:, None] * a["weight"] + a["bias"]
-    a["y"].reshape(x.shape)[...] = y
-    a["mean"][...], a["rstd"][...] = mu0 + residual, r
-
-
-def _layer_norm_backward_input(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    dy, x = a["dy"].reshape(grid[0], n), a["x"].reshape(grid[0], n)
-    mu, r = a["mean"][:, None], a["rstd"][:, None]
-    g, x_hat = dy * a["weight"], (x - mu) * r
-    mean_g = _sum(g, t)[:, None] / x.dtype.type(n)
-    mean_g_xhat = _sum(g * x_hat, t)[:, None] / x.dtype.type(n)
-    a["dx"].reshape(x.shape)[...] = r * (g - mean_g - x_hat * mean_g_xhat)
-
-
-def _rms_norm_forward(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    x = a["x"].reshape(grid[0], n)
-    r = 1 / np.sqrt(_sum(x * x, t) / x.dtype.type(n) + a["eps"])
-    a["y"].reshape(x.shape)[...] = x * r[:, None] * a["weight"]
-    a["rstd"][...] = r
-
-
-def _rms_norm_backward_input(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    dy, x, r = a["dy"].reshape(grid[0], n), a["x"].reshape(grid[0], n), a["rstd"][:, None]
-    g = dy * a["weight"]
-    mean_g_xhat = _sum(g * (x * r), t)[:, None] / x.dtype.type(n)
-    a["dx"].reshape(x.shape)[...] = r * (g - (x * r) * mean_g_xhat)
-
-
-def _norm_param_grad_partials(a, grid, block):
-    rows, n, per = int(a["rows"]), int(a["n"]), int(a["rows_per_chunk"])
-    tile, strands = block
-    assert (tile, strands) == (_cuda.PARTIAL_TILE, _cuda.PARTIAL_STRANDS), block
-    assert (grid[0] - 1) * tile < n <= grid[0] * tile, f"grid {grid} misses columns of {n}"
-    dy, x = a["dy"].reshape(rows, n), a["x"].reshape(rows, n)
-    x_hat = (x - a["mean"][:, None]) * a["rstd"][:, None]
-    for chunk in range(grid[1]):
-        first, last = chunk * per, min(rows, chunk * per + per)
-        sum_w, sum_b = np.zeros((strands, n)), np.zeros((strands, n))
-        for s in range(strands):
-            for row in range(first + s, last, strands):
-                sum_w[s] += dy[row].astype(np.float64) * x_hat[row].astype(np.float64)
-                sum_b[s] += dy[row].astype(np.float64)
-        for s in range(1, strands):
-            sum_w[0] += sum_w[s]
-            sum_b[0] += sum_b[s]
-        a["partial_w"][chunk * n:(chunk + 1) * n] = sum_w[0]
-        a["partial_b"][chunk * n:(chunk + 1) * n] = sum_b[0]
-
-
-def _norm_param_grad_sum(a, grid, block):
-    chunks, n = int(a["chunks"]), int(a["n"])
-    assert grid[0] * block[0] >= n, f"grid {grid} × block {block} misses columns of {n}"
-    sum_w, sum_b = np.zeros(n), np.zeros(n)
-    for k in range(chunks):
-        sum_w += a["partial_w"][k * n:(k + 1) * n]
-        sum_b += a["partial_b"][k * n:(k + 1) * n]
-    a["dw"][...], a["db"][...] = sum_w, sum_b
-
-
-def _softmax_forward(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    x = a["x"].reshape(grid[0], n)
-    m = block_reduce(x, t, np.fmax, -np.inf)[:, None]
-    s = _sum(np.exp(x - m), t)[:, None]
-    a["y"].reshape(x.shape)[...] = np.exp(x - m) / s
-
-
-def _softmax_backward(a, grid, block):
-    n, t = int(a["n"]), block[0]
-    dy, y = a["dy"].reshape(grid[0], n), a["y"].reshape(grid[0], n)
-    dot = _sum(dy * y, t)[:, None]
-    a["dx"].reshape(y.shape)[...] = dy * y - y * dot
-
-
-EMULATIONS = {f.__name__[1:]: f for f in (
-    _layer_norm_forward, _layer_norm_backward_input, _rms_norm_forward,
-    _rms_norm_backward_input, _norm_param_grad_partials, _norm_param_grad_sum,
-    _softmax_forward, _softmax_backward)}
-SIGNATURE = re.compile(r"__global__\s+void\s+(?:ROW_LAUNCH_BOUNDS|__launch_bounds__\([^)]*\))"
-                       r"\s+(\w+)\s*\(([^)]*)\)")
-PARAM = re.compile(r"^(const\s+)?(T|double|int)\s*(\*)?\s*(?:__restrict__\s+)?(\w+)$")
-
-
-def parse_signatures(code):
-    """kernel name -> [(name, base type, is pointer, is const)] read off the CUDA source."""
-    out = {}
-    for name, params in SIGNATURE.findall(code):
-        parsed = []
-        for p in params.split(","):
-            m = PARAM.match(" ".join(p.split()))
-            assert m, f"{name}: cannot read parameter {p.strip()!r}"
-            parsed.append((m.group(4), m.group(2), bool(m.group(3)), bool(m.group(1))))
-        out[name] = parsed
-    return out
-
-
-class EmulatedKernel:
-    def __init__(self, name, dtype, params):
-        self.name, self.dtype, self.params = name, dtype, params
-
-    def __call__(self, grid, block, args):
-        where = f"{self.name}<{_cuda.CTYPES[self.dtype]}>"
-        assert len(args) == len(self.params), f"{where}: {len(args)} args for {len(self.params)}"
-        assert np.prod(block) <= 1024 and np.prod(block) % 32 == 0, f"{where}: block {block}"
-        named, pointers = {}, []
-        for (name, base, pointer, const), arg in zip(self.params, args):
-            want = {"T": self.dtype, "double": np.dtype(np.float64), "int": np.dtype(np.int32)}[base]
-            if pointer:
-                assert isinstance(arg, EmulatedGPUArray), f"{where}: {name} is not a GPU array"
-                assert arg.dtype == want and arg.flags.c_contiguous, f"{where}: {name} {arg.dtype}"
-                pointers.append((name, const, arg))
-                named[name] = np.asarray(arg).reshape(-1)  # a view: writes reach the caller
-            else:
-                assert isinstance(arg, np.generic) and arg.dtype == want, \
-                    f"{where}: scalar {name} is {type(arg).__name__}, expected {want}"
-                named[name] = arg
-        for name, const, arg in pointers:  # __restrict__: an output aliases nothing else
-            others = [o for other, _, o in pointers if other != name]
-            assert const or not any(np.shares_memory(arg, o) for o in others), \
-                f"{where}: output {name} aliases another argument"
-        if len(block) == 1 and "param_grad" not in self.name:
-            assert block[0] == kernels.row_threads(int(named["n"])), f"{where}: block {block}"
-        EMULATIONS[self.name](named, grid, block)
-
-
-class EmulatedModule:
-    """CuPy's RawModule, with EmulatedKernels in place of compiled ones."""
-
-    def __init__(self, code, options, name_expressions):
-        self.signatures = parse_signatures(code)
-        self.name_expressions = name_expressions
-        assert set(self.signatures) == {e.split("<")[0] for e in name_expressions}
-
-    def get_function(self, expr):
-        assert expr in self.name_expressions, f"{expr} was not instantiated"
-        name, ctype = expr[:-1].split("<")
-        dtype = {v: k for k, v in _cuda.CTYPES.items()}[ctype]
-        return EmulatedKernel(name, dtype, self.signatures[name])
-
-
-EMULATED_CUPY = types.SimpleNamespace(
-    RawModule=EmulatedModule, int32=np.int32,
-    empty=_poisoned, empty_like=lambda a: _poisoned(a.shape, a.dtype),
-    zeros=lambda shape, dtype=np.float64: on_gpu(np.zeros(shape, dtype)),
-    full=lambda shape, value, dtype=None: on_gpu(np.full(shape, value, dtype)),
-    ascontiguousarray=lambda a: on_gpu(np.ascontiguousarray(a)),
-)
 
 
 @pytest.fixture
@@ -366,3 +147,59 @@ def test_the_emulated_launch_checks_have_teeth(emulated):
             continue
         with pytest.raises(AssertionError, match=what):
             fn(grid, block, args)
+
+
+def test_layer_norm_refines_the_mean_like_the_op(emulated):
+    # Rows with |μ| ≫ σ in float32: the rounding of Σx/n (about 1e-3 of σ at μ = 1e4) would
+    # stay in every x̂ without the refinement μ ← μ + mean(x − μ); with it x̂ is as good as
+    # float32 allows. The truth is float64 on the same float32 inputs.
+    rng = np.random.default_rng(3)
+    for mu in (1e3, 1e4, 1e5):
+        x = (mu + rng.normal(0, 1, (16, 4097))).astype(np.float32)
+        x64 = x.astype(np.float64)
+        truth = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + EPS)
+        y, _, _ = kernels.layer_norm_forward(on_gpu(x), None, None, EPS)
+        err = np.abs(np.asarray(y) - truth).max()
+        assert err < 2e-6, f"μ = {mu:g}: x̂ off by {err:.2e} (unrefined: ~1e-3 at 1e4)"
+
+
+# ---- the ops' dispatch, on emulated kernels ---------------------------------------------
+def _run_op(op, arrays, fused):
+    import tinynorm as tn
+
+    F = tn.nn.functional
+    x, w, b, dy = arrays
+    tx, tw, tb = (tn.Tensor(a, requires_grad=True) for a in (x, w, b))
+    n = x.shape[-1]
+    with kernels.fused(fused):
+        if op == "layer_norm":
+            y = F.layer_norm(tx, (n,), tw, tb, EPS)
+        elif op == "rms_norm":
+            y = F.rms_norm(tx, (n,), tw, EPS)
+        else:
+            y = tn.softmax(tx, -1)
+        y.backward(dy)
+    return {"y": y.data, "dx": tx.grad, "dweight": tw.grad, "dbias": tb.grad}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(2, 3, 37), (4, 4097), (1, 1)])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "softmax"])
+def test_ops_take_the_fused_path_and_match_their_reference(emulated, op, shape, dtype):
+    rows, n = int(np.prod(shape[:-1])), shape[-1]
+    x, w, b, dy = inputs(rows, n, dtype, seed=11)
+    arrays = [on_gpu(x.reshape(shape)), on_gpu(w), on_gpu(b), on_gpu(dy.reshape(shape))]
+    LAUNCHED.clear()
+    fused = _run_op(op, arrays, True)
+    launched = list(LAUNCHED)
+    LAUNCHED.clear()
+    reference = _run_op(op, arrays, False)
+    assert not LAUNCHED, f"kernels launched with tinynorm.kernels.fused(False): {LAUNCHED}"
+    if op != "softmax" or launched:  # softmax: once its op dispatches (gpu_integration.md)
+        assert any(name.startswith(op) for name in launched), f"{op}: launched {launched}"
+    for name, want in reference.items():
+        got = fused[name]
+        assert (got is None) == (want is None), f"{op} {name}: {got is None} vs {want is None}"
+        if want is not None:
+            assert got.shape == want.shape and got.dtype == want.dtype, f"{op} {name}"
+            assert_matches(got, want, dtype, f"{op} {name} (fused vs reference op)")
