@@ -175,6 +175,30 @@ def test_saved_arrays_are_released_after_backward():
     assert x.grad is not None
 
 
+def test_saved_arrays_are_released_even_where_no_gradient_arrives():
+    """A Function that returns None for an input cuts the flow, not the freeing of the graph."""
+    class Stop(tn.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            return None
+
+    x = leaf(np.random.default_rng(0).standard_normal((7, 13)))
+    h = x.exp()
+    h_array = weakref.ref(h.data)
+    loss = (Stop.apply(h) + x).sum()
+    del h
+    gc.collect()
+    assert h_array() is not None
+    loss.backward()
+    gc.collect()
+    assert h_array() is None
+    np.testing.assert_array_equal(x.grad, np.ones((7, 13)))
+
+
 def test_no_grad_records_no_graph_and_saves_nothing():
     contexts = []
 
@@ -262,6 +286,9 @@ def test_detect_anomaly_names_the_backward_that_made_inf():
         y = (tn.sqrt(x) * 2.0).sum()  # sqrt(0) = 0 is fine; its slope 1/(2·0) is not
         with pytest.raises(RuntimeError, match=r"Sqrt\.backward produced inf"):
             y.backward()
+        zero = leaf(0.0)  # 0-d: NumPy hands back scalars, which must be checked all the same
+        with pytest.raises(RuntimeError, match=r"Sqrt\.backward produced inf"):
+            tn.sqrt(zero).backward()
 
 
 # ---- user-defined Functions --------------------------------------------------------------------

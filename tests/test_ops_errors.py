@@ -39,6 +39,8 @@ SHAPE_MISMATCHES = [
     ("reshape", lambda: t(2, 3).reshape(4, 2), [(2, 3), (4, 2)]),
     ("reshape", lambda: t(2, 3).view(-1, 4), [(2, 3), (-1, 4)]),
     ("expand", lambda: t(2, 3).expand(4, 4), [(2, 3), (4, 4)]),
+    ("expand", lambda: t(3, 1).expand(-1, 3, 4), [(3, 1), (-1, 3, 4)]),  # -1 in a new dim
+    ("flatten", lambda: t(2, 3, 4).flatten(2, 1), [(2, 3, 4)]),
     ("split", lambda: t(2, 5).split([2, 2], 1), [(2, 5)]),
     ("permute", lambda: t(2, 3).permute(0, 0), [(2, 3)]),
 ]

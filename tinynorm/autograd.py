@@ -272,8 +272,10 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
     deliver(tensor if tensor.grad_fn is None else Edge(tensor), gradient)
     for node in _topological_order(tensor.grad_fn) if tensor.grad_fn is not None else ():
         grad_outs = pending.pop(id(node), None)
-        if grad_outs is None:
-            continue  # no gradient reaches this node from the root
+        if grad_outs is None:  # a backward above returned None for it: no gradient arrives
+            if not retain_graph:
+                node.release()  # the graph is freed all the same
+            continue
         if node._released:
             node.saved_tensors  # raises, naming retain_graph
         if len(grad_outs) > 1:
@@ -288,12 +290,12 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
                 f"{node.fn.__name__}.backward returned {len(grad_ins)} gradients; expected "
                 f"{len(node.edges)}, one per forward argument (None where not needed)"
             )
+        grad_ins = tuple(None if g is None else _array(g) for g in grad_ins)
         if _anomaly:
             _check_finite(grad_ins, node.fn.__name__, "backward")
         for target, g in zip(node.edges, grad_ins):
             if target is None or g is None:
                 continue
-            g = _array(g)
             if g.dtype != target.dtype and target.dtype.kind == "f" and any(
                     g.dtype == dtype for _, dtype in node.outputs):
                 # an op on mixed float dtypes computes in the wider one, its output's; as in

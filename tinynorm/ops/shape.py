@@ -64,6 +64,9 @@ class Expand(Function):
         lead = len(shape) - x.ndim
         if lead < 0:
             raise ValueError(f"expand: shape {shape} has fewer dims than the tensor's {x.shape}")
+        if -1 in shape[:lead]:
+            raise ValueError(f"expand: -1 in shape {shape} is not allowed in a new leading dim "
+                             f"(the tensor's shape is {x.shape})")
         target = tuple(x.shape[i - lead] if s == -1 else s for i, s in enumerate(shape))
         ctx.shape = x.shape
         try:
@@ -182,6 +185,9 @@ def flatten(x, start_dim=0, end_dim=-1):
         return reshape(x, 1)
     s = normalize_dim("flatten", start_dim, x.ndim)
     e = normalize_dim("flatten", end_dim, x.ndim)
+    if s > e:
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a tensor "
+                         f"of shape {x.shape}")
     return reshape(x, *x.shape[:s], math.prod(x.shape[s:e + 1]), *x.shape[e + 1:])
 
 
