@@ -140,6 +140,7 @@ CASES = [
       [normal(0, 4), normal(3, 4), normal(3)]),
     # ---- pointwise ----
     C("tanh", "2d", lambda lib, x: lib.tanh(x), [scaled(2.0, 3, 4)]),
+    C("tanh", "empty-method", lambda lib, x: x.tanh(), [normal(0, 3)]),
     C("relu", "zeros", lambda lib, x: lib.relu(x), [with_zeros(4, 5)]),
     C("relu", "method", lambda lib, x: x.relu(), [normal(7)]),
     C("gelu", "none", lambda lib, x: lib.nn.functional.gelu(x), [scaled(2.0, 3, 5)]),
@@ -148,8 +149,11 @@ CASES = [
     C("exp", "2d", lambda lib, x: lib.exp(x), [normal(3, 4)]),
     C("exp", "0d", lambda lib, x: x.exp(), [normal()]),
     C("log", "2d", lambda lib, x: lib.log(x), [positive(3, 4)]),
+    C("log", "0d-method", lambda lib, x: x.log(), [positive()]),
     C("sqrt", "2d", lambda lib, x: lib.sqrt(x), [positive(3, 4)]),
+    C("sqrt", "3d-method", lambda lib, x: x.sqrt(), [positive(2, 1, 3)]),
     C("abs", "zeros", lambda lib, x: lib.abs(x), [with_zeros(4, 5)]),
+    C("abs", "method", lambda lib, x: x.abs(), [away_from_zero(6)]),
     # ---- reductions ----
     *[C(name, f"dim={dim}-keep={keep}", (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
         [normal(2, 3, 4)])
