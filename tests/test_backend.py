@@ -47,35 +47,45 @@ def fake_cupy(monkeypatch):
 
 
 # ---- choosing the backend ------------------------------------------------------------------------
-def test_current_is_numpy_by_default_and_use_switches_it():
-    assert backend.current() == "numpy"
+@pytest.fixture
+def restore_backend():
+    """Tests may run under --backend cupy; leave the backend as the run chose it."""
+    previous = backend.current()
+    yield previous
+    backend.use(previous)
+
+
+def test_use_as_a_function_switches_for_good(restore_backend, fake_cupy):
+    backend.use("cupy")
+    assert backend.current() == "cupy" and backend.xp() is fake_cupy
     backend.use("numpy")
     assert backend.current() == "numpy" and backend.xp() is np
-    assert tn.zeros(2).device == "cpu"
+    assert tn.zeros(2).device == "cpu" and tn.randn(3).device == "cpu"
 
 
-def test_use_as_a_context_manager_restores_the_previous_backend(fake_cupy):
+def test_use_as_a_context_manager_restores_the_previous_backend(restore_backend, fake_cupy):
     with backend.use("cupy") as block:
         assert isinstance(block, backend.use)
         assert backend.current() == "cupy" and backend.xp() is fake_cupy
         with backend.use("numpy"):
             assert backend.current() == "numpy"
         assert backend.current() == "cupy"
-    assert backend.current() == "numpy"
+    assert backend.current() == restore_backend
 
 
-def test_use_rejects_an_unknown_backend_by_name():
+def test_use_rejects_an_unknown_backend_by_name(restore_backend):
     with pytest.raises(ValueError, match=r"'jax'.*numpy.*cupy"):
         backend.use("jax")
-    assert backend.current() == "numpy"
+    assert backend.current() == restore_backend
 
 
 @pytest.mark.skipif(backend.gpu_available(), reason="CuPy and a GPU are present here")
 def test_asking_for_cupy_without_it_says_how_to_install_it():
+    before = backend.current()
     with pytest.raises(RuntimeError) as info:
         backend.use("cupy")
     assert GPU_FIX in str(info.value)
-    assert backend.current() == "numpy", "a failed switch must leave the backend unchanged"
+    assert backend.current() == before, "a failed switch must leave the backend unchanged"
     assert not backend.gpu_available()
     with pytest.raises(RuntimeError, match=re.escape(GPU_FIX)):
         tn.zeros(2, device="cuda")
