@@ -6,6 +6,7 @@ from .linear import Identity, Linear  # noqa: F401
 from .container import ModuleDict, ModuleList, Sequential  # noqa: F401
 from .activation import GELU, LogSoftmax, ReLU, Softmax, Tanh  # noqa: F401
 from .dropout import Dropout  # noqa: F401
+from .normalization import LayerNorm, RMSNorm  # noqa: F401
 from .sparse import Embedding  # noqa: F401
 from . import utils  # noqa: F401
 from .attention import MultiheadAttention  # noqa: F401

@@ -9,8 +9,11 @@ from .cast import cast
 from .cross_entropy import cross_entropy
 from .dropout import dropout
 from .embedding import embedding
+from .layer_norm import layer_norm
 from .matmul import linear, matmul
 from .pointwise import abs, exp, gelu, log, relu, sqrt, tanh
+from .rms_norm import rms_norm
+from ._rows import get_num_threads, set_num_threads
 from .reduce import max, mean, sum
 from .select import masked_fill, where
 from .shape import (cat, chunk, expand, flatten, getitem, permute, reshape, split, squeeze,

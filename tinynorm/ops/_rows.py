@@ -1,0 +1,155 @@
+"""What layer_norm and rms_norm share: their argument checks, and the walk over rows.
+
+Both ops normalise each *row*: the trailing ``normalized_shape`` dims of x flattened into
+one axis of n elements, every leading dim a row. They view x as a (rows, n) array and work
+on it block by block.
+
+Why blocks: a NumPy expression sweeps its whole operand before the next one starts, and a
+normalisation is several sweeps (centre, scale, multiply by γ, add β). On a (8192, 768)
+float32 input each sweep would stream 25 MB through main memory. Cut into blocks of about
+BLOCK_ELEMENTS elements (256 KB in float32), a block stays in the core's L2 cache across all
+of its sweeps, so main memory sees x read once and y written once.
+
+Why threads: NumPy releases the GIL inside its loops and BLAS calls, so blocks handed to a
+few threads run on several cores at once. Each thread takes a contiguous run of blocks. The
+blocks depend only on the shape, and each block writes its own rows and its own slot of any
+per-block partial sums, so the result is the same bits for any number of threads.
+
+The thread count is ``get_num_threads()``: the environment variable TINYNORM_NUM_THREADS at
+import, else the number of CPUs up to MAX_DEFAULT_THREADS; ``set_num_threads(n)`` changes
+it. GPU arrays are one block on the calling thread (the GPU is the parallel part there).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from .. import backend
+from ._adjoint import require_float
+
+BLOCK_ELEMENTS = 1 << 16  # 256 KB of float32: a block and its scratch stay in L2
+MAX_BLOCK_ROWS = 256  # a block's column sums (dγ, dβ) add its rows one after another in
+#                       x's precision: at most 256 roundings before the float64 total
+MAX_DEFAULT_THREADS = 4  # more threads mostly wait for the GIL between NumPy calls
+
+_num_threads = int(os.environ.get("TINYNORM_NUM_THREADS", "0") or 0) or min(
+    os.cpu_count() or 1, MAX_DEFAULT_THREADS)
+_pool = None
+
+
+def get_num_threads() -> int:
+    """How many threads the CPU norms use (torch.get_num_threads' counterpart)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads (1: everything on the calling thread) for the CPU norms."""
+    global _num_threads, _pool
+    if int(n) < 1:
+        raise ValueError(f"set_num_threads: expected a positive number of threads, got {n}")
+    _num_threads = int(n)
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+
+
+# ---- argument checks --------------------------------------------------------------------
+def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tuple:
+    """``normalized_shape`` as a tuple, after checking x, weight and bias against it.
+
+    Errors name the op and both shapes (or the dtypes), as PyTorch's do.
+    """
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(
+        int(s) for s in normalized_shape)
+    if not shape:
+        raise ValueError(f"{op}: normalized_shape must have at least one dim, got ()")
+    require_float(op, x)
+    if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
+        raise ValueError(f"{op}: input of shape {tuple(x.shape)} does not end in normalized_shape "
+                         f"{shape}: expected input of shape (*, {', '.join(map(str, shape))})")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is None:
+            continue
+        if tuple(p.shape) != shape:
+            raise ValueError(f"{op}: {name} of shape {tuple(p.shape)}; expected normalized_shape "
+                             f"{shape}")
+        if p.dtype != x.dtype:
+            raise TypeError(f"{op}: {name} has dtype {p.dtype} but the input has dtype {x.dtype}; "
+                            f"expected the same floating-point dtype")
+    return shape
+
+
+def as_rows(x, n: int):
+    """x as a C-contiguous (rows, n) array: a view when x is contiguous, else a copy."""
+    xp = backend.array_module(x)
+    return xp.ascontiguousarray(x).reshape(-1, n)
+
+
+def row_dot(a, b):
+    """Σ_j a_ij · b_ij for each row i (b may be one row, broadcast): one BLAS dot per row.
+
+    ``vecdot`` calls the single-threaded BLAS dot row by row; a matrix-vector product would
+    be as fast alone but starts BLAS's own threads inside ours.
+    """
+    xp = backend.array_module(a)
+    if hasattr(xp, "vecdot"):
+        return xp.vecdot(a, b)
+    return (a * b).sum(axis=-1)  # array modules without vecdot (older CuPy)
+
+
+# ---- the walk over rows -------------------------------------------------------------------
+def block_rows(rows: int, n: int) -> int:
+    """Rows per block: about BLOCK_ELEMENTS elements, at least one row, at most all rows
+    and at most MAX_BLOCK_ROWS."""
+    return max(1, min(rows, MAX_BLOCK_ROWS, BLOCK_ELEMENTS // max(n, 1)))
+
+
+def row_blocks(rows: int, n: int, on_cpu: bool) -> list:
+    """``(k, rows_k)`` for every block k, rows_k the slice of its rows: CPU blocks of
+    ``block_rows`` rows, or one block of every row for GPU arrays."""
+    step = block_rows(rows, n) if on_cpu else max(rows, 1)
+    return [(k, slice(start, min(start + step, rows)))
+            for k, start in enumerate(range(0, rows, step))]
+
+
+def for_each_block(blocks: list, on_cpu: bool, work) -> None:
+    """Call ``work(k, rows_k)`` for every block of ``blocks`` (from ``row_blocks``), the
+    blocks shared out over the threads on the CPU."""
+    threads = min(_num_threads, len(blocks)) if on_cpu else 1
+    if threads <= 1:
+        for k, rows_k in blocks:
+            work(k, rows_k)
+        return
+
+    def run(run_of_blocks):
+        for k, rows_k in run_of_blocks:
+            work(k, rows_k)
+
+    per_thread = -(-len(blocks) // threads)
+    runs = [blocks[i:i + per_thread] for i in range(0, len(blocks), per_thread)]
+    futures = [_executor().submit(run, r) for r in runs[1:]]
+    try:
+        run(runs[0])  # the calling thread takes the first run itself
+    finally:
+        wait(futures)  # no worker may still be writing when we return or raise
+    for f in futures:
+        f.result()  # re-raises a worker's exception here
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=max(_num_threads - 1, 1),
+                                   thread_name_prefix="tinynorm-rows")
+    return _pool
+
+
+def as_block_rows(v, rows: int, on_cpu: bool):
+    """The (n,) vector v as rows to multiply or add to a block of up to ``rows`` rows; take
+    ``[:m]`` for a block of m rows. On the CPU, v repeated ``rows`` times: NumPy multiplies
+    two same-shape arrays about 1.5x faster than it broadcasts v over a block. On the GPU,
+    the (1, n) view, which broadcasts (a GPU block is the whole array)."""
+    if not on_cpu:
+        return v[None, :]
+    xp = backend.array_module(v)
+    return xp.broadcast_to(v, (rows, v.shape[0])).copy()

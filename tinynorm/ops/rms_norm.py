@@ -1,0 +1,133 @@
+"""rms_norm: RMSNorm as one op, its forward beside its hand-derived backward.
+
+PyTorch's ``F.rms_norm(input, normalized_shape, weight=None, eps=None)``: each row (the
+trailing ``normalized_shape`` dims, n elements) is divided by its root mean square and
+scaled by γ (``weight``). No mean is subtracted and there is no β: LayerNorm without the
+centring (Zhang & Sennrich, 2019), as LLaMA uses it. ``eps=None`` means
+``finfo(dtype).eps``, as PyTorch.
+
+Built like ``layer_norm`` (one Function, rows in cache-sized blocks on a few threads); with
+no mean to find and subtract, forward makes two sweeps over a block instead of five, and
+backward six instead of nine.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from .. import backend, kernels
+from ..autograd import Function
+from ._rows import (as_block_rows, as_rows, check_norm_args, for_each_block, row_blocks,
+                    row_dot)
+
+
+class RMSNorm(Function):
+    """Per row x of n elements (γ = 1 when not given):
+
+        r  = 1 / √(Σ x² / n + ε)        ε inside the root: a zero row gives r = 1/√ε
+        x̂  = x·r
+        y  = x̂·γ
+    """
+
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, eps):
+        shape = check_norm_args("rms_norm", x, normalized_shape, weight)
+        xp = backend.array_module(x, weight, op="rms_norm")
+        n = prod(shape)
+        eps = float(xp.finfo(x.dtype).eps if eps is None else eps)
+        x_rows = as_rows(x, n)
+        ctx.shape = shape
+        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, same saved r
+            w = None if weight is None else weight.reshape(n)
+            y, rstd = kernels.rms_norm_forward(x_rows, w, eps)
+            ctx.save_for_backward(x_rows, weight, rstd)
+            return y.reshape(x.shape)
+        rows = x_rows.shape[0]
+        on_cpu = backend.device_of(x) == "cpu"
+        blocks = row_blocks(rows, n, on_cpu)
+        step = blocks[0][1].stop if blocks else 0
+        gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
+
+        y = xp.empty_like(x_rows)  # our own array: written in place below
+        rstd = xp.zeros(rows, dtype=x.dtype)
+
+        def normalize(k, rows_k):
+            x_k, y_k = x_rows[rows_k], y[rows_k]
+            r = 1 / xp.sqrt(row_dot(x_k, x_k) / n + eps)
+            xp.multiply(x_k, r[:, None], out=y_k)  # y_k = x̂
+            if gamma is not None:
+                xp.multiply(y_k, gamma[:y_k.shape[0]], out=y_k)
+            rstd[rows_k] = r
+
+        if x_rows.size:
+            for_each_block(blocks, on_cpu, normalize)
+        ctx.save_for_backward(x_rows, weight, rstd)
+        return y.reshape(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """With g = dy·γ, the gradient that reaches x̂ (means over the row's n elements):
+
+            dγ = Σ_rows dy·x̂
+            dx = r·(g − x̂·mean(g·x̂))
+
+        Derivation, for one row. x̂_j depends on every x_k through r alone:
+
+            ∂r/∂x_k  = −½ (Σ x²/n + ε)^(−3/2) · 2x_k/n = −r³ x_k / n = −r² x̂_k / n
+            ∂x̂_j/∂x_k = r δ_jk + x_j·∂r/∂x_k = r(δ_jk − x̂_j x̂_k / n)
+
+        so dx_k = Σ_j g_j ∂x̂_j/∂x_k = r(g_k − x̂_k Σ_j g_j x̂_j / n). LayerNorm's "− mean(g)"
+        term is absent: it comes from ∂(x_j − μ)/∂x_k = δ_jk − 1/n, and RMSNorm subtracts no
+        μ, so here that factor is plain δ_jk. What remains removes the gradient's projection
+        on x̂, the direction in which moving x only changes r.
+
+        Saved: x (the caller's array, a view unless x was not contiguous), γ, and r, one
+        number per row: 4 bytes a row in float32 beyond x. x̂ = x·r is recomputed block by
+        block in cache. dγ's block sums are added in float64, in block order.
+        """
+        x_rows, weight, rstd = ctx.saved_tensors
+        need_x, _, need_gamma, _ = ctx.needs_input_grad
+        xp = backend.array_module(x_rows)
+        rows, n = x_rows.shape
+        dy = as_rows(grad_out, n)  # read only: grad_out may be shared in the graph
+        if kernels.use_fused(x_rows):
+            w = None if weight is None else weight.reshape(n)
+            dx, dgamma = kernels.rms_norm_backward(dy, x_rows, w, rstd,
+                                                   need_param_grads=need_gamma)
+            return (dx.reshape(grad_out.shape) if need_x else None, None,
+                    dgamma.reshape(ctx.shape) if need_gamma else None, None)
+        on_cpu = backend.device_of(x_rows) == "cpu"
+        blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
+        step = blocks[0][1].stop if blocks else 0
+        gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
+
+        dx = xp.empty_like(x_rows) if need_x else None
+        dgamma_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_gamma else None
+
+        def backward_block(k, rows_k):
+            dy_k, r = dy[rows_k], rstd[rows_k][:, None]
+            x_hat = xp.multiply(x_rows[rows_k], r)
+            if need_gamma:
+                dgamma_parts[k] = (dy_k * x_hat).sum(axis=0)
+            if not need_x:
+                return
+            g = dx[rows_k]  # dx is built in place in its own rows, starting from g
+            if gamma is None:
+                g[...] = dy_k
+            else:
+                xp.multiply(dy_k, gamma[:g.shape[0]], out=g)
+            mean_g_x_hat = row_dot(g, x_hat) / n
+            x_hat *= mean_g_x_hat[:, None]
+            xp.subtract(g, x_hat, out=g)  # g − x̂·mean(g·x̂)
+            g *= r  # r·( … )
+
+        for_each_block(blocks, on_cpu, backward_block)
+        dgamma = None if not need_gamma else (
+            dgamma_parts.sum(axis=0).astype(x_rows.dtype).reshape(ctx.shape))
+        dx = None if not need_x else dx.reshape(grad_out.shape)
+        return dx, None, dgamma, None
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None):
+    """RMSNorm over the trailing dims ``normalized_shape`` (an int or a tuple), as
+    ``torch.nn.functional.rms_norm``; see ``RMSNorm`` for the maths."""
+    return RMSNorm.apply(input, normalized_shape, weight, eps)
