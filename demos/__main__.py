@@ -1,0 +1,76 @@
+"""The demo runner: ``python -m demos list | all | NAME [--quick] [--backend numpy|cupy]
+[--out DIR] [--seed N]``, from the repository root."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+from . import DEMOS, load
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m demos",
+        description="Run the seed tutorial's experiments on tinynorm.",
+    )
+    p.add_argument("command", help="'list', 'all', or a demo name: " + ", ".join(DEMOS))
+    p.add_argument("--quick", action="store_true", help="small sizes, for a fast check (CI)")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    p.add_argument("--out", default="tinynorm-out", help="folder for figures (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _list() -> int:
+    width = max(len(n) for n in DEMOS)
+    for name in DEMOS:
+        try:
+            description = load(name).DESCRIPTION
+        except Exception as err:  # a demo that cannot be imported is listed with the reason
+            description = f"(unavailable: {type(err).__name__}: {err})"
+        print(f"{name.ljust(width)}  {description}")
+    return 0
+
+
+def _run(names, args) -> int:
+    summary, failed = [], []
+    for name in names:
+        print(f"=== {name} " + "=" * max(0, 70 - len(name)))
+        t0 = time.perf_counter()
+        try:
+            result = load(name).main(quick=args.quick, out=args.out, seed=args.seed,
+                                     backend=args.backend)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            summary.append((name, time.perf_counter() - t0, "FAILED (traceback above)"))
+            continue
+        verdict = result.get("verdict", "") if isinstance(result, dict) else ""
+        summary.append((name, time.perf_counter() - t0, verdict))
+        print()
+    if len(names) > 1:
+        print("=== summary " + "=" * 59)
+        width = max(len(n) for n in names)
+        for name, seconds, verdict in summary:
+            print(f"{name.ljust(width)}  {seconds:6.1f} s  {verdict}")
+        print(f"total {sum(s for _, s, _ in summary):.1f} s; figures in {args.out}/")
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        return _list()
+    if args.command == "all":
+        return _run(DEMOS, args)
+    if args.command not in DEMOS:
+        print(f"unknown demo {args.command!r}; choose 'list', 'all' or one of: {', '.join(DEMOS)}",
+              file=sys.stderr)
+        return 2
+    return _run([args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""What every demo shares: backend and seed setup, the output folder, a progress bar that
+appears only when a demo runs long, plain-text tables, figures, and the closing verdict.
+
+A demo reads like the tutorial: set up, measure, print a table, save a figure, state the
+seed's claim and a verdict computed from the numbers.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import numpy as np
+
+import tinynorm as tn
+
+PROGRESS_DELAY_S = 2.0  # the bar shows only once a loop has run this long
+FIGURE_DPI = 90  # figures are committed to docs/figures: keep the PNGs small
+
+
+@contextlib.contextmanager
+def setup(backend: str = "numpy", seed: int = 0):
+    """Run the body on ``backend`` with every generator seeded from ``seed``."""
+    with tn.backend.use(backend):
+        tn.manual_seed(seed)
+        yield
+
+
+def output_dir(out: str) -> str:
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """A tqdm bar on stderr that appears only after PROGRESS_DELAY_S seconds, and only on a
+    terminal (in a log file or CI the bar's redraws would be noise)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the "demos" extra; without it, no bar
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, delay=PROGRESS_DELAY_S, leave=False,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=None)
+
+
+def to_float(t) -> float:
+    """A tinynorm scalar tensor (or backend array) as a Python float."""
+    data = t.data if isinstance(t, tn.Tensor) else t
+    return float(tn.backend.to_numpy(data))
+
+
+def grad_numpy(t) -> np.ndarray:
+    """``t.grad`` as a NumPy array (copied from the GPU on cupy)."""
+    return tn.backend.to_numpy(t.grad)
+
+
+class timed_peak_memory:
+    """Wall time and peak bytes of arrays allocated inside the block.
+
+    On NumPy the peak comes from tracemalloc, which NumPy reports its array buffers to; it
+    counts only what is allocated inside the block (not the model's parameters). On CuPy it
+    is the growth of the memory pool's bytes in use, read at the end (a lower bound).
+    """
+
+    def __init__(self, backend: str = "numpy"):
+        self.backend = backend
+        self.seconds = self.peak_bytes = None
+
+    def __enter__(self):
+        import time
+        import tracemalloc
+
+        if self.backend == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+            self._pool = cupy.get_default_memory_pool()
+            self._start_bytes = self._pool.used_bytes()
+        else:
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+        import tracemalloc
+
+        if self.backend == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+            self.seconds = time.perf_counter() - self._t0
+            self.peak_bytes = self._pool.used_bytes() - self._start_bytes
+        else:
+            self.seconds = time.perf_counter() - self._t0
+            self.peak_bytes = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        return False
+
+
+def fmt(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if v == 0.0:
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: list, columns: list, title: str | None = None) -> str:
+    """Print and return a plain-text table; ``rows`` are dicts keyed by ``columns``."""
+    cells = [[str(c) for c in columns]] + [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    text = "\n".join(([title] if title else []) + lines)
+    print(text + "\n")
+    return text
+
+
+def figure(nrows: int = 1, ncols: int = 1, width: float = 6.0, height: float = 4.0):
+    """A matplotlib figure on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False)
+
+
+def save(fig, out: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(output_dir(out), name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=FIGURE_DPI)
+    plt.close(fig)
+    print(f"figure: {path}")
+    return path
+
+
+def verdict(claim: str, holds, measured: str) -> str:
+    """Print the seed's claim and a one-line verdict; return the verdict line.
+
+    ``holds`` is True, False, or a string for a mixed outcome ("holds in part: ...").
+    """
+    if isinstance(holds, str):
+        outcome = holds
+    else:
+        outcome = "claim holds" if holds else "claim does NOT hold"
+    line = f"Verdict: {measured}: {outcome}"
+    print(f"Seed's claim: {claim}")
+    print(line)
+    return line
