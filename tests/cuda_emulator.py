@@ -181,8 +181,8 @@ LAUNCHED = []  # the names of the kernels launched, in order (cleared by the tes
 
 
 class EmulatedKernel:
-    def __init__(self, name, dtype, params):
-        self.name, self.dtype, self.params = name, dtype, params
+    def __init__(self, name, dtype, params, module=None):
+        self.name, self.dtype, self.params, self.module = name, dtype, params, module
 
     def __call__(self, grid, block, args):
         where = f"{self.name}<{_cuda.CTYPES[self.dtype]}>"
@@ -208,13 +208,20 @@ class EmulatedKernel:
         if len(block) == 1 and "param_grad" not in self.name:
             assert block[0] == kernels.row_threads(int(named["n"])), f"{where}: block {block}"
         LAUNCHED.append(self.name)
+        self.execute(named, grid, block, args)
+
+    def execute(self, named, grid, block, args):
+        """Run the kernel: here its NumPy emulation (cuda_on_cpu.py runs the CUDA source)."""
         EMULATIONS[self.name](named, grid, block)
 
 
 class EmulatedModule:
     """CuPy's RawModule, with EmulatedKernels in place of compiled ones."""
 
+    kernel_class = EmulatedKernel
+
     def __init__(self, code, options, name_expressions):
+        self.code = code
         self.signatures = parse_signatures(code)
         self.name_expressions = name_expressions
         assert set(self.signatures) == {e.split("<")[0] for e in name_expressions}
@@ -223,7 +230,7 @@ class EmulatedModule:
         assert expr in self.name_expressions, f"{expr} was not instantiated"
         name, ctype = expr[:-1].split("<")
         dtype = {v: k for k, v in _cuda.CTYPES.items()}[ctype]
-        return EmulatedKernel(name, dtype, self.signatures[name])
+        return self.kernel_class(name, dtype, self.signatures[name], self)
 
 
 class EmulatedCupy(types.SimpleNamespace):
