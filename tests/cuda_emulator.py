@@ -250,5 +250,6 @@ class EmulatedCupy(types.SimpleNamespace):
 
 EMULATED_CUPY = EmulatedCupy(
     RawModule=EmulatedModule, int32=np.int32,
+    cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0)),
     empty=_poisoned, empty_like=lambda a, dtype=None: _poisoned(a.shape, dtype or a.dtype),
 )

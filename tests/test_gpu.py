@@ -5,7 +5,7 @@ most of it is checked without a GPU:
    and the Python wrappers run against NumPy emulations of each CUDA kernel (same argument
    lists, same reduction order, same row chunks), compared with the reference formulas here.
 2. NVRTC, where CuPy's compiler bindings import (no GPU needed): every kernel compiles for
-   sm_70/80/90, lowers every instantiation, spills nothing, fits its block size, and the
+   sm_70/80/90 (those the NVRTC supports), lowers every instantiation, spills nothing, fits its block size, and the
    float32 kernels do no float64 arithmetic except the dγ/dβ sums. CI has no CuPy: these
    skip there with the reason.
 3. GPU (``@pytest.mark.gpu``, skipped where there is none): fused against the reference
@@ -114,10 +114,12 @@ def _ptx_entries(ptx):
             re.finditer(r"\.entry (\w+)\((?:.|\n)*?\n\}", ptx)}
 
 
-@pytest.mark.parametrize("arch", ["compute_70", "compute_80", "compute_90"])
+@pytest.mark.parametrize("arch", [70, 80, 90])
 @pytest.mark.parametrize("source", kernels.SOURCES, ids=lambda s: s.name)
 def test_every_kernel_compiles_to_ptx(source, arch):
-    lowered, ptx, _ = _compile(source, arch)
+    if arch not in _nvrtc().getSupportedArchs():  # CUDA 13's NVRTC has dropped sm_70
+        pytest.skip(f"this NVRTC ({_nvrtc().getVersion()}) does not target sm_{arch}")
+    lowered, ptx, _ = _compile(source, f"compute_{arch}")
     entries = _ptx_entries(ptx)
     for expr, mangled in lowered.items():
         assert mangled in entries, f"{expr} ({mangled}) is missing from the PTX for {arch}"

@@ -111,15 +111,17 @@ _functions: dict = {}
 
 
 def function(xp, source: Source, kernel: str, dtype):
-    """The compiled ``kernel<T>`` of ``source`` for ``dtype``, compiling on first use."""
-    key = (source.name, kernel, dtype)
+    """The compiled ``kernel<T>`` of ``source`` for ``dtype`` on the current device,
+    compiling on first use (a module is loaded per device, so each device gets its own)."""
+    device = xp.cuda.runtime.getDevice()
+    key = (source.name, kernel, dtype, device)
     fn = _functions.get(key)
     if fn is None:
-        module = _modules.get(source.name)
+        module = _modules.get((source.name, device))
         if module is None:
             module = xp.RawModule(code=source.code, options=OPTIONS,
                                   name_expressions=source.name_expressions())
-            _modules[source.name] = module
+            _modules[(source.name, device)] = module
         fn = _functions[key] = module.get_function(f"{kernel}<{CTYPES[dtype]}>")
     return fn
 
