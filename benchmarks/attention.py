@@ -154,7 +154,7 @@ def _row(name, times, ours, target, saved, torch_saved) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=15, help="interleaved repetitions")
+    parser.add_argument("--repeat", type=int, default=11, help="interleaved repetitions")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for PyTorch and NumPy's BLAS (default: their own)")
     args = parser.parse_args()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import tinynorm as tn
 from tinynorm import nn
 from tinynorm.nn import functional as F
+from tinynorm.ops import attention as attention_ops
 from tinynorm.ops.attention import attention_with_weights
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing.strategies import attention_inputs
@@ -141,6 +142,42 @@ def test_sdpa_causal_three_ways_identical(length, source):
     t_out.backward(torch.tensor(grad))
     for ours, theirs in zip(results[0], (t_out, tq.grad, tk.grad, tv.grad)):
         close(ours, theirs)
+
+
+@pytest.mark.parametrize("length, source", [(300, 300), (300, 200), (200, 300)])
+def test_sdpa_causal_row_blocks_match_torch(length, source):
+    """Long causal inputs run in row blocks of BLOCK_ROWS queries that skip unseen keys."""
+    assert length > attention_ops.BLOCK_ROWS
+    (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
+                                 [(2, length, 8), (2, source, 8), (2, source, 5)])
+    out, weights = attention_with_weights(q, k, v, is_causal=True)
+    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    close(out, t_out)
+    assert not host(weights)[:, np.triu_indices(length, 1, source)[0],
+                             np.triu_indices(length, 1, source)[1]].any()
+    grad = rng.standard_normal(out.shape)
+    out.backward(grad)
+    t_out.backward(torch.tensor(grad))
+    for ours, theirs in ((q, tq), (k, tk), (v, tv)):
+        close(ours.grad, theirs.grad)
+
+
+@settings(max_examples=10)
+@given(inputs=attention_inputs(max_len=5, mask_kinds=("causal",)), recompute=st.booleans(),
+       dropout=st.booleans())
+def test_causal_row_blocks_gradcheck(inputs, recompute, dropout):
+    """Blocks of 2 rows, so that tiny inputs run through several blocks."""
+    q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
+
+    def attend(q, k, v):
+        tn.manual_seed(5)
+        if recompute and not dropout:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, recompute=True)
+        return attention_with_weights(q, k, v, is_causal=True, dropout_p=0.3 if dropout else 0.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "BLOCK_ROWS", 2)
+        assert gradcheck(attend, (q, k, v))
 
 
 @pytest.mark.parametrize("kind", ["bool", "float"])

@@ -54,17 +54,33 @@ def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal):
         raise ValueError(f"{OP}: dropout_p has to be between 0 and 1, got {dropout_p}")
 
 
-def _masked_scores(q, k, attn_mask, is_causal, scale, xp):
-    """S = (scale·Q) Kᵀ + M, a fresh array (scaling Q, L×E, costs less than scaling S, L×S)."""
-    scores = (q * q.dtype.type(scale)) @ k.swapaxes(-1, -2)
+BLOCK_ROWS = 128  # causal attention runs over blocks of this many query rows
+
+
+def _row_blocks(length, source, is_causal):
+    """(r0, r1, keys) per block: query rows r0..r1−1 and the keys 0..keys−1 they may see.
+
+    Rows are independent, so attention can run block by block. Without a causal mask there is
+    one block of every row and key. With one, row i sees keys j <= i, so rows before r1 see
+    only the first min(r1, S) keys: the scores right of each block are never computed (about
+    half of them for long sequences, the saving FlashAttention makes) and P stays 0 there.
+    """
+    if not is_causal:
+        return [(0, length, source)]
+    return [(r0, min(r0 + BLOCK_ROWS, length), min(r0 + BLOCK_ROWS, length, source))
+            for r0 in range(0, length, BLOCK_ROWS)]
+
+
+def _mask_(scores, attn_mask, is_causal, r0, xp):
+    """S += M in place on one block of scores whose first row is query r0."""
     if is_causal:  # query i sees keys j <= i (top-left aligned, as torch's tril)
-        allowed = xp.tri(q.shape[-2], k.shape[-2], dtype=backend.bool_)
+        rows, keys = scores.shape[-2:]
+        allowed = xp.tri(rows, keys, k=r0, dtype=backend.bool_)
         xp.copyto(scores, -xp.inf, where=~allowed)
     elif attn_mask is not None and attn_mask.dtype.kind == "b":
         xp.copyto(scores, -xp.inf, where=~attn_mask)
     elif attn_mask is not None:
         scores += attn_mask
-    return scores
 
 
 def _softmax_rows_(scores, xp):
@@ -84,6 +100,39 @@ def _softmax_rows_(scores, xp):
     return row_max + xp.log(row_sum)
 
 
+def _probabilities(q, k, attn_mask, is_causal, scale, shape, lse=None):
+    """P = softmax(scale·Q Kᵀ + M) of ``shape`` (batch..., L, S), and the row log-sum-exp.
+
+    Given ``lse`` (recomputation in backward), P = exp(S − lse) instead of a fresh softmax.
+    Scaling Q (L × E) costs less than scaling S (L × S).
+    """
+    xp = backend.array_module(q, k)
+    blocks = _row_blocks(shape[-2], shape[-1], is_causal)
+    # causal blocks leave the keys right of them unwritten: those weights are 0
+    probs = xp.zeros(shape, dtype=q.dtype) if is_causal else xp.empty(shape, dtype=q.dtype)
+    if shape[-1] == 0:  # no keys at all: every row is fully masked, P is empty
+        return probs, xp.zeros(shape[:-1] + (1,), dtype=q.dtype)
+    fresh = lse is None
+    if fresh:
+        lse = xp.empty(shape[:-1] + (1,), dtype=q.dtype)
+    q_scaled = q * q.dtype.type(scale)
+    for r0, r1, keys in blocks:
+        scores = probs[..., r0:r1, :keys]
+        xp.matmul(q_scaled[..., r0:r1, :], k[..., :keys, :].swapaxes(-1, -2), out=scores)
+        _mask_(scores, attn_mask, is_causal, r0, xp)
+        if fresh:
+            lse[..., r0:r1, :] = _softmax_rows_(scores, xp)
+        else:
+            scores -= lse[..., r0:r1, :]
+            xp.exp(scores, out=scores)
+    return probs, lse
+
+
+def _dropout_factor(dropout_p):
+    """1/(1 − p), the scale of kept weights (0 when every weight is dropped)."""
+    return 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
+
+
 class ScaledDotProductAttention(Function):
     """O = softmax(scale·Q Kᵀ + M) V, with dropout on P when dropout_p > 0 (see module doc).
 
@@ -96,20 +145,18 @@ class ScaledDotProductAttention(Function):
         _check_inputs(q, k, v, attn_mask, dropout_p, is_causal)
         xp = backend.array_module(q, k, v, attn_mask)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        if k.shape[-2] == 0:  # no keys at all: every row is fully masked
-            batch = broadcast_shape(OP, q.shape[:-2], k.shape[:-2], v.shape[:-2])
-            probs = xp.zeros(batch + (q.shape[-2], 0), dtype=q.dtype)
-            lse = xp.zeros(batch + (q.shape[-2], 1), dtype=q.dtype)
-        else:
-            probs = _masked_scores(q, k, attn_mask, is_causal, scale, xp)
-            lse = _softmax_rows_(probs, xp)
+        batch = broadcast_shape(OP, q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        length, source = q.shape[-2], k.shape[-2]
+        probs, lse = _probabilities(q, k, attn_mask, is_causal, scale, batch + (length, source))
         keep = None
         dropped = probs
         if dropout_p > 0:
             keep = backend.generator(xp).random(probs.shape, dtype=probs.dtype) >= dropout_p
             dropped = probs * keep
-            dropped *= 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
-        out = dropped @ v
+            dropped *= _dropout_factor(dropout_p)
+        out = xp.empty(batch + (length, v.shape[-1]), dtype=q.dtype)
+        for r0, r1, keys in _row_blocks(length, source, is_causal):
+            xp.matmul(dropped[..., r0:r1, :keys], v[..., :keys, :], out=out[..., r0:r1, :])
 
         ctx.scale, ctx.dropout_p, ctx.is_causal = scale, dropout_p, is_causal
         ctx.recompute = recompute
@@ -144,7 +191,9 @@ class ScaledDotProductAttention(Function):
         summed back (``unbroadcast``). A fully masked row has P = 0, so its dS, dQ are 0.
         In the code: dO = grad_out, dW = grad_weights, P = probs, P_d = dropped, D = keep
         scaled by 1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then
-        dS, in place (it is our own array).
+        dS, in place (it is our own array). As in forward, causal attention runs over row
+        blocks (``_row_blocks``) and skips the keys a block cannot see: their P and dS are 0,
+        so each block adds its rows' share to dV and dK and writes its rows of dQ.
 
         Saved: P, (L × S) per head in q's dtype (e.g. 1 MiB per head at L = S = 512, float32),
         the output O (L × Ev per head), the bool dropout mask (L × S bytes) when dropout_p > 0,
@@ -156,48 +205,54 @@ class ScaledDotProductAttention(Function):
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
         shape_q, shape_k, shape_v, shape_mask = ctx.shapes
         xp = backend.array_module(grad_out)
+        batch, length, source = grad_out.shape[:-2], shape_q[-2], shape_k[-2]
         if ctx.recompute:
-            probs = _recomputed_probs(q, k, attn_mask, ctx, probs, xp)
+            probs, _ = _probabilities(q, k, attn_mask, ctx.is_causal, ctx.scale,
+                                      batch + (length, source), lse=probs)
         dropped = probs
         if keep is not None:
             dropped = probs * keep
-            dropped *= 1.0 / (1.0 - ctx.dropout_p) if ctx.dropout_p < 1 else 0.0
+            dropped *= _dropout_factor(ctx.dropout_p)
+        # unused weights arrive as zeros from the engine: one read beats three passes
+        weights_used = grad_weights is not None and bool(grad_weights.any())
 
-        grad_q = grad_k = grad_v = grad_mask = None
-        if need_v:
-            grad_v = unbroadcast(dropped.swapaxes(-1, -2) @ grad_out, shape_v)
-        if need_q or need_k or need_mask:
-            grad_scores = grad_out @ v.swapaxes(-1, -2)  # dP_d, our own array from here on
-            row_dot = (grad_out * out).sum(axis=-1, keepdims=True)
-            if grad_weights is not None:
-                grad_scores += grad_weights
-                row_dot += (grad_weights * dropped).sum(axis=-1, keepdims=True)
+        grad_q = xp.empty(batch + shape_q[-2:], dtype=grad_out.dtype) if need_q else None
+        grad_k = xp.zeros(batch + shape_k[-2:], dtype=grad_out.dtype) if need_k else None
+        grad_v = xp.zeros(batch + shape_v[-2:], dtype=grad_out.dtype) if need_v else None
+        grad_mask = None
+        for r0, r1, keys in _row_blocks(length, source, ctx.is_causal):
+            rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
+            seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
+            block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
+            if need_v:
+                grad_v[seen] += dropped[block].swapaxes(-1, -2) @ grad_out[rows]
+            if not (need_q or need_k or need_mask):
+                continue
+            grad_scores = grad_out[rows] @ v[seen].swapaxes(-1, -2)  # dP_d, our own array
+            row_dot = (grad_out[rows] * out[rows]).sum(axis=-1, keepdims=True)
+            if weights_used:
+                grad_scores += grad_weights[block]
+                row_dot += (grad_weights[block] * dropped[block]).sum(axis=-1, keepdims=True)
             if keep is not None:
-                grad_scores *= keep
-                grad_scores *= 1.0 / (1.0 - ctx.dropout_p) if ctx.dropout_p < 1 else 0.0
+                grad_scores *= keep[block]
+                grad_scores *= _dropout_factor(ctx.dropout_p)
             grad_scores -= row_dot
-            grad_scores *= probs  # dS
+            grad_scores *= probs[block]  # dS
             if need_q:
-                grad_q = grad_scores @ k
-                grad_q *= ctx.scale
-                grad_q = unbroadcast(grad_q, shape_q)
+                xp.matmul(grad_scores, k[seen], out=grad_q[rows])
             if need_k:
-                grad_k = grad_scores.swapaxes(-1, -2) @ q
-                grad_k *= ctx.scale
-                grad_k = unbroadcast(grad_k, shape_k)
-            if need_mask:
+                grad_k[seen] += grad_scores.swapaxes(-1, -2) @ q[rows]
+            if need_mask:  # a mask never comes with is_causal, so this is the only block
                 grad_mask = unbroadcast(grad_scores, shape_mask).astype(ctx.mask_dtype, copy=False)
+        if need_q:
+            grad_q *= ctx.scale
+            grad_q = unbroadcast(grad_q, shape_q)
+        if need_k:
+            grad_k *= ctx.scale
+            grad_k = unbroadcast(grad_k, shape_k)
+        if need_v:
+            grad_v = unbroadcast(grad_v, shape_v)
         return grad_q, grad_k, grad_v, grad_mask, None, None, None, None, None
-
-
-def _recomputed_probs(q, k, attn_mask, ctx, lse, xp):
-    """P = exp(S − lse) from the saved log-sum-exp: the forward's P up to rounding."""
-    if k.shape[-2] == 0:
-        return xp.zeros(lse.shape[:-1] + (0,), dtype=lse.dtype)
-    probs = _masked_scores(q, k, attn_mask, ctx.is_causal, ctx.scale, xp)
-    probs -= lse
-    xp.exp(probs, out=probs)
-    return probs
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
