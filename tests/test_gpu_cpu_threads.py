@@ -39,6 +39,14 @@ def compiled():
         raise
 
 
+@pytest.fixture(autouse=True)
+def _fresh_kernel_cache():
+    """No CPU-compiled module may outlive a test (a GPU run of the suite follows)."""
+    kernels.clear_cache()
+    yield
+    kernels.clear_cache()
+
+
 def _run_on(monkeypatch, module_class):
     monkeypatch.setattr(backend, "_cupy", EmulatedCupy(**{**vars(EMULATED_CUPY),
                                                           "RawModule": module_class}))
@@ -79,7 +87,6 @@ def test_cuda_source_on_cpu_threads_matches_reference_and_emulation(compiled, mo
         # dx = dy·y − y·Σdy·y cancels, so compare against the largest value, not each one
         scale = 8 * np.finfo(dtype).eps * np.abs(emulated).max()
         np.testing.assert_allclose(got, emulated, rtol=0, atol=scale)
-    kernels.clear_cache()
 
 
 @pytest.mark.parametrize("source", kernels.SOURCES, ids=lambda s: s.name)
