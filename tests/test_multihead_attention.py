@@ -259,6 +259,9 @@ def test_mha_parameters_init_and_state_dict_keys():
     torch_separate = torch.nn.MultiheadAttention(8, 2, kdim=5, vdim=3)
     assert list(separate.state_dict()) == list(torch_separate.state_dict())
     assert separate.in_proj_weight is None and separate.k_proj_weight.shape == (8, 5)
+    # the same repr, but for the class of out_proj (torch's is a Linear subclass named
+    # NonDynamicallyQuantizableLinear, for its quantization tooling)
+    assert repr(ours) == repr(theirs).replace("NonDynamicallyQuantizableLinear", "Linear")
     # and back: a torch module loads ours unchanged
     theirs.load_state_dict({k: torch.from_numpy(host(v)) for k, v in ours.state_dict().items()})
     np.testing.assert_array_equal(theirs.in_proj_weight.detach().numpy(), w)

@@ -43,7 +43,8 @@ class MultiheadAttention(Module):
 
     Differences from PyTorch (documented): ``add_bias_kv`` and ``add_zero_attn`` are not
     implemented (NotImplementedError); a query row whose keys are all masked gives output 0
-    and weights 0, where PyTorch's need_weights path gives NaN; there is no fused fast path.
+    and weights 0, where PyTorch's need_weights path gives NaN; there is no fused fast path;
+    ``out_proj`` is a plain Linear (PyTorch's is a Linear subclass, for quantization tools).
     """
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
@@ -112,7 +113,8 @@ class MultiheadAttention(Module):
         use_causal = is_causal and key_padding_mask is None and not need_weights
         if use_causal:
             attn_mask = None
-        # one internal layout: (L, N, E) with N the batch, unbatched as N = 1
+        # inputs stay in their layout, (L, N, E) or (N, L, E): batch_dim says which; an
+        # unbatched (L, E) becomes (L, 1, E)
         batch_dim = 0 if (self.batch_first and batched) else 1
         same = (query is key and key is value, key is value)  # before unsqueeze makes new tensors
         if not batched:
@@ -138,26 +140,23 @@ class MultiheadAttention(Module):
         return (out if batched else ops.squeeze(out, 1)), weights
 
     def _in_projection(self, query, key, value, self_attention, key_is_value):
-        """x Wᵀ + b for q, k and v; one matmul for self-attention (query is key is value),
-        as PyTorch's packed projection."""
+        """x Wᵀ + b for q, k and v, as PyTorch's packed projection: one matmul for
+        self-attention (query is key is value), two when key is value, else three."""
         e, w, b = self.embed_dim, self.in_proj_weight, self.in_proj_bias
-        b_q, b_k, b_v = (None, None, None) if b is None else ops.chunk(b, 3)
+        if self._qkv_same_embed_dim and self_attention:
+            return ops.chunk(ops.linear(query, w, b), 3, dim=-1)
+        b_q, b_k, b_v = (None, None, None) if b is None else ops.split(b, e)
         if not self._qkv_same_embed_dim:
             return (ops.linear(query, self.q_proj_weight, b_q),
                     ops.linear(key, self.k_proj_weight, b_k),
                     ops.linear(value, self.v_proj_weight, b_v))
-        if self_attention:
-            return ops.chunk(ops.linear(query, w, b), 3, dim=-1)
-        w_q, w_k, w_v = ops.split(w, e)
         if key_is_value:
-            k, v = ops.chunk(ops.linear(key, ops.cat([w_k, w_v]), None if b is None else
-                                        ops.cat([b_k, b_v])), 2, dim=-1)
+            w_q, w_kv = ops.split(w, [e, 2 * e])
+            b_kv = None if b is None else ops.split(b, [e, 2 * e])[1]
+            k, v = ops.chunk(ops.linear(key, w_kv, b_kv), 2, dim=-1)
             return ops.linear(query, w_q, b_q), k, v
+        w_q, w_k, w_v = ops.split(w, e)
         return ops.linear(query, w_q, b_q), ops.linear(key, w_k, b_k), ops.linear(value, w_v, b_v)
-
-    def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
-                f"batch_first={self.batch_first}")
 
 
 def _split_heads(x, num_heads, batch_dim):
