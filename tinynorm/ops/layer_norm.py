@@ -54,12 +54,13 @@ class LayerNorm(Function):
         beta = None if bias is None else as_block_rows(bias.reshape(n), step, on_cpu)
         ones = xp.ones(n, dtype=x.dtype)
 
-        y = xp.empty_like(x_rows)  # our own array: every step below writes into it in place
+        y = xp.empty(x.shape, dtype=x.dtype)  # our own array: the steps below write into it
+        y_rows = y.reshape(rows, n)
         mean = xp.zeros(rows, dtype=x.dtype)
         rstd = xp.zeros(rows, dtype=x.dtype)
 
         def normalize(k, rows_k):
-            x_k, y_k = x_rows[rows_k], y[rows_k]
+            x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             m = y_k.shape[0]
             mu = row_dot(x_k, ones) / n
             xp.subtract(x_k, mu[:, None], out=y_k)  # y_k = x − μ
@@ -74,7 +75,7 @@ class LayerNorm(Function):
         if x_rows.size:
             for_each_block(blocks, on_cpu, normalize)
         ctx.save_for_backward(x_rows, weight, mean, rstd)
-        return y.reshape(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -121,7 +122,9 @@ class LayerNorm(Function):
         gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
         ones = xp.ones(n, dtype=x_rows.dtype)
 
-        dx = xp.empty_like(x_rows) if need_x else None
+        # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
+        dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
+        dx_rows = dx.reshape(rows, n) if need_x else None
         dgamma_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_gamma else None
         dbeta_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_beta else None
 
@@ -136,7 +139,7 @@ class LayerNorm(Function):
                 dgamma_parts[k] = (dy_k * x_hat).sum(axis=0)
             if not need_x:
                 return
-            g = dx[rows_k]  # dx is built in place in its own rows, starting from g
+            g = dx_rows[rows_k]  # dx is built in place in its own rows, starting from g
             if gamma is None:
                 g[...] = dy_k
             else:
@@ -150,10 +153,9 @@ class LayerNorm(Function):
 
         for_each_block(blocks, on_cpu, backward_block)
         dgamma = None if not need_gamma else (
-            dgamma_parts.sum(axis=0).astype(x_rows.dtype).reshape(ctx.shape))
+            dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
         dbeta = None if not need_beta else (
-            dbeta_parts.sum(axis=0).astype(x_rows.dtype).reshape(ctx.shape))
-        dx = None if not need_x else dx.reshape(grad_out.shape)
+            dbeta_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
         return dx, None, dgamma, dbeta, None
 
 

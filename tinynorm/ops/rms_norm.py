@@ -47,11 +47,12 @@ class RMSNorm(Function):
         step = blocks[0][1].stop if blocks else 0
         gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
 
-        y = xp.empty_like(x_rows)  # our own array: written in place below
+        y = xp.empty(x.shape, dtype=x.dtype)  # our own array: written in place below
+        y_rows = y.reshape(rows, n)
         rstd = xp.zeros(rows, dtype=x.dtype)
 
         def normalize(k, rows_k):
-            x_k, y_k = x_rows[rows_k], y[rows_k]
+            x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             r = 1 / xp.sqrt(row_dot(x_k, x_k) / n + eps)
             xp.multiply(x_k, r[:, None], out=y_k)  # y_k = x̂
             if gamma is not None:
@@ -61,7 +62,7 @@ class RMSNorm(Function):
         if x_rows.size:
             for_each_block(blocks, on_cpu, normalize)
         ctx.save_for_backward(x_rows, weight, rstd)
-        return y.reshape(x.shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -100,7 +101,9 @@ class RMSNorm(Function):
         step = blocks[0][1].stop if blocks else 0
         gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
 
-        dx = xp.empty_like(x_rows) if need_x else None
+        # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
+        dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
+        dx_rows = dx.reshape(rows, n) if need_x else None
         dgamma_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_gamma else None
 
         def backward_block(k, rows_k):
@@ -110,7 +113,7 @@ class RMSNorm(Function):
                 dgamma_parts[k] = (dy_k * x_hat).sum(axis=0)
             if not need_x:
                 return
-            g = dx[rows_k]  # dx is built in place in its own rows, starting from g
+            g = dx_rows[rows_k]  # dx is built in place in its own rows, starting from g
             if gamma is None:
                 g[...] = dy_k
             else:
@@ -122,8 +125,7 @@ class RMSNorm(Function):
 
         for_each_block(blocks, on_cpu, backward_block)
         dgamma = None if not need_gamma else (
-            dgamma_parts.sum(axis=0).astype(x_rows.dtype).reshape(ctx.shape))
-        dx = None if not need_x else dx.reshape(grad_out.shape)
+            dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
         return dx, None, dgamma, None
 
 

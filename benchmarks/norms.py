@@ -1,0 +1,169 @@
+"""LayerNorm and RMSNorm: tinynorm vs PyTorch CPU, float32, same process, interleaved.
+
+    python benchmarks/norms.py              # about a minute on 2 cores
+    python benchmarks/norms.py --repeat 5   # quicker, noisier
+    python benchmarks/norms.py --threads 1  # both libraries on one thread
+
+For x of shape (8192, 768) and (16384, 1024), normalised over the last dim with weight and
+bias (RMSNorm: weight), every contender of one shape runs once per repetition, in turn; the
+table shows medians (ms) and ratios. Rows and targets:
+
+* ``forward`` under no_grad (``torch.no_grad`` / ``tn.no_grad``): <= 2x PyTorch;
+* ``fwd+bwd``: forward, then backward with a fixed random upstream gradient:
+  LayerNorm <= 1.5x PyTorch (stretch 1.0x); RMSNorm <= 0.7x PyTorch, and <= 0.7x
+  tinynorm's own LayerNorm (the row "RMSNorm vs LayerNorm", both tinynorm);
+* ``saved``: bytes kept for backward beyond the inputs and parameters (which exist anyway),
+  tinynorm's counted from the graph node, PyTorch's with saved_tensors_hooks. The target is
+  at most one array of x's size plus O(rows); tinynorm keeps 8 bytes a row (LayerNorm: μ, r)
+  or 4 (RMSNorm: r).
+
+PyTorch's F.rms_norm has no fused CPU kernel in this version (it is composed of pow, mean,
+rsqrt and mul), which is why its RMSNorm is slower than its LayerNorm here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+import tinynorm as tn  # noqa: E402
+from benchmarks.harness import interleaved, ms, table  # noqa: E402
+from tinynorm.ops import set_num_threads  # noqa: E402
+
+SHAPES = ((8192, 768), (16384, 1024))
+EPS = 1e-5
+KIB = 1024.0
+
+
+def torch_saved_bytes(run, exclude) -> int:
+    """Bytes of the storages PyTorch saves for backward while ``run()`` records its graph."""
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(storages.values())
+
+
+def tinynorm_saved_bytes(output, exclude) -> int:
+    """Bytes of the arrays the op's graph node saved, leaving out views of ``exclude``."""
+    def root(a):
+        while getattr(a, "base", None) is not None:
+            a = a.base
+        return a
+
+    excluded = {id(root(t.data)) for t in exclude}
+    saved = {id(root(a)): root(a).nbytes for a in output.grad_fn.saved_tensors
+             if a is not None and id(root(a)) not in excluded}
+    return sum(saved.values())
+
+
+def contenders(shape):
+    """The eight timed callables of one shape, and the bytes each library saves."""
+    rows, d = shape
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(d, dtype=np.float32) for _ in range(2))
+
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+    tw, tb = (torch.tensor(a, requires_grad=True) for a in (w, b))
+    tx_grad = tx.clone().requires_grad_()
+    nx, ndy = tn.tensor(x), tn.tensor(dy)
+    nw, nb = (tn.tensor(a, requires_grad=True) for a in (w, b))
+    nx_grad = tn.tensor(x, requires_grad=True)
+    leaves = (tx_grad, tw, tb, nx_grad, nw, nb)
+
+    def fwd_bwd(forward, grad):
+        def step():
+            for t in leaves:
+                t.grad = None
+            forward().backward(grad)
+        return step
+
+    def no_grad(context, forward):
+        def step():
+            with context():
+                forward()
+        return step
+
+    torch_ln = lambda a: torch.nn.functional.layer_norm(a, (d,), tw, tb, EPS)  # noqa: E731
+    torch_rms = lambda a: torch.nn.functional.rms_norm(a, (d,), tw, EPS)  # noqa: E731
+    ours_ln = lambda a: tn.nn.functional.layer_norm(a, (d,), nw, nb, EPS)  # noqa: E731
+    ours_rms = lambda a: tn.nn.functional.rms_norm(a, (d,), nw, EPS)  # noqa: E731
+    calls = {
+        "torch LN fwd": no_grad(torch.no_grad, lambda: torch_ln(tx)),
+        "ours LN fwd": no_grad(tn.no_grad, lambda: ours_ln(nx)),
+        "torch LN fwd+bwd": fwd_bwd(lambda: torch_ln(tx_grad), tdy),
+        "ours LN fwd+bwd": fwd_bwd(lambda: ours_ln(nx_grad), ndy),
+        "torch RMS fwd": no_grad(torch.no_grad, lambda: torch_rms(tx)),
+        "ours RMS fwd": no_grad(tn.no_grad, lambda: ours_rms(nx)),
+        "torch RMS fwd+bwd": fwd_bwd(lambda: torch_rms(tx_grad), tdy),
+        "ours RMS fwd+bwd": fwd_bwd(lambda: ours_rms(nx_grad), ndy),
+    }
+    saved = {
+        "torch LN": torch_saved_bytes(lambda: torch_ln(tx_grad), (tx_grad, tw, tb)),
+        "ours LN": tinynorm_saved_bytes(ours_ln(nx_grad), (nx_grad, nw, nb)),
+        "torch RMS": torch_saved_bytes(lambda: torch_rms(tx_grad), (tx_grad, tw)),
+        "ours RMS": tinynorm_saved_bytes(ours_rms(nx_grad), (nx_grad, nw)),
+    }
+    return calls, saved
+
+
+def shape_rows(shape, repeat: int) -> list:
+    calls, saved = contenders(shape)
+    t = interleaved(calls, repeat=repeat)
+    x_bytes = shape[0] * shape[1] * 4
+    found = []
+
+    def row(case, ours, baseline, base_name, target, saved_key=None):
+        ratio = t[ours] / t[baseline]
+        entry = {"shape": f"{shape[0]}x{shape[1]}", "case": case, "baseline": base_name,
+                 "baseline ms": ms(t[baseline]), "tinynorm ms": ms(t[ours]),
+                 "ratio": round(ratio, 2), "target": f"<= {target}x",
+                 "ok": "yes" if ratio <= target else "NO"}
+        if saved_key:
+            ours_saved, theirs_saved = saved["ours " + saved_key], saved["torch " + saved_key]
+            entry["saved KiB"] = round(ours_saved / KIB, 1)
+            entry["torch saved KiB"] = round(theirs_saved / KIB, 1)
+            entry["saved <= x+O(rows)"] = "yes" if ours_saved <= x_bytes + 64 * shape[0] else "NO"
+        found.append(entry)
+
+    row("LayerNorm forward", "ours LN fwd", "torch LN fwd", "torch", 2.0)
+    row("LayerNorm fwd+bwd", "ours LN fwd+bwd", "torch LN fwd+bwd", "torch", 1.5, "LN")
+    row("RMSNorm forward", "ours RMS fwd", "torch RMS fwd", "torch", 2.0)
+    row("RMSNorm fwd+bwd", "ours RMS fwd+bwd", "torch RMS fwd+bwd", "torch", 0.7, "RMS")
+    row("RMSNorm vs LayerNorm fwd+bwd", "ours RMS fwd+bwd", "ours LN fwd+bwd", "tinynorm LN", 0.7)
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=15, help="interleaved repetitions")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for both libraries (default: each library's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        set_num_threads(args.threads)
+    print(f"float32; torch {torch.__version__} with {torch.get_num_threads()} threads, tinynorm "
+          f"with {tn.ops.get_num_threads()}; medians of {args.repeat} interleaved repetitions; "
+          f"ratio = tinynorm / baseline")
+    rows = [r for shape in SHAPES for r in shape_rows(shape, args.repeat)]
+    print(table(rows, ["shape", "case", "baseline", "baseline ms", "tinynorm ms", "ratio",
+                       "target", "ok", "saved KiB", "torch saved KiB", "saved <= x+O(rows)"]))
+
+
+if __name__ == "__main__":
+    main()
