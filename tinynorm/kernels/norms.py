@@ -5,8 +5,8 @@ the reference. Per row of n elements (one block per row, a loop over the row):
 
 LayerNorm forward   μ0 = Σx / n, refined once as the op does: μ = μ0 + mean(x − μ0) (the
                     rounding of Σx would otherwise stay in every x̂ when |μ| ≫ σ);
-                    σ² = mean((x − μ)²), from the same pass over x − μ0 (two passes over
-                    x in all, never Σx²/n − μ²);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;
+                    σ² = mean((x − μ)²), from the same pass over x − μ0 (two reading
+                    passes before the one that writes y; never Σx²/n − μ²);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;
                     y = x̂·γ + β.  Saves μ and r: two numbers per row; x̂ is recomputed
                     in backward.
 LayerNorm backward  g = dy·γ;  dx = r·(g − mean(g) − x̂·mean(g·x̂));
@@ -18,8 +18,8 @@ Row sums accumulate in the input's precision (float32 for float32). dγ and dβ 
 all rows, so they accumulate in float64 and without atomics: each block of the partial-sum
 kernel owns the float64 sums of one run of rows for 32 columns, and a second kernel adds
 those runs in a fixed order; the result is the same bits on every run.
-A missing γ (or β) is passed as ones (zeros), which changes no value; its gradient is then
-not computed.
+A missing γ (or β) is passed as ones (zeros), which changes no value; dγ is then returned
+as None.
 """
 from __future__ import annotations
 
