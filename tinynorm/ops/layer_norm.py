@@ -22,16 +22,17 @@ from ._rows import (as_block_rows, as_rows, check_norm_args, for_each_block, row
 class LayerNorm(Function):
     """Per row x of n elements (γ = 1 and β = 0 when not given):
 
-        μ  = Σ x / n
-        σ² = Σ (x − μ)² / n             two passes over the row, never Σx²/n − μ²: that
-                                        difference cancels catastrophically when |μ| ≫ σ
+        μ0 = Σ x / n
+        μ  = μ0 + mean(x − μ0)          μ0 refined once: the rounding of Σx (a few ulp of
+                                        |μ|, 2e-3 at |μ| = 1e4 in float32) would otherwise
+                                        stay in every x̂; x − μ0 is exact where it matters
+        σ² = mean((x − μ0)²) − (μ − μ0)²  = mean((x − μ)²), summed from the centred values,
+                                        never Σx²/n − μ², which cancels when |μ| ≫ σ
         r  = 1 / √(σ² + ε)              ε inside the root: a constant row gives r = 1/√ε
-        x̂  = (x − μ)·r
+        x̂  = (x − μ)·r                  a constant row gives x − μ = 0 exactly, so y = β
         y  = x̂·γ + β
 
-    μ carries the rounding of Σx in x's precision, a few ulp of |μ| (about 2e-3 at
-    |μ| = 1e4 in float32, as in PyTorch); σ² is then summed from the centred x − μ, so it
-    does not lose the digits that Σx² − nμ² would.
+    The same maths as the fused CUDA kernel (tinynorm.kernels.norms) used on CuPy arrays.
     """
 
     @staticmethod
@@ -62,9 +63,13 @@ class LayerNorm(Function):
         def normalize(k, rows_k):
             x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             m = y_k.shape[0]
-            mu = row_dot(x_k, ones) / n
-            xp.subtract(x_k, mu[:, None], out=y_k)  # y_k = x − μ
-            r = 1 / xp.sqrt(row_dot(y_k, y_k) / n + eps)
+            mu = row_dot(x_k, ones) / n  # μ0
+            xp.subtract(x_k, mu[:, None], out=y_k)  # y_k = x − μ0
+            residual = row_dot(y_k, ones) / n  # mean(x − μ0)
+            variance = xp.maximum(row_dot(y_k, y_k) / n - residual * residual, 0)
+            r = 1 / xp.sqrt(variance + eps)
+            mu += residual
+            xp.subtract(y_k, residual[:, None], out=y_k)  # y_k = x − μ
             xp.multiply(y_k, r[:, None], out=y_k)  # y_k = x̂
             if gamma is not None:
                 xp.multiply(y_k, gamma[:m], out=y_k)
