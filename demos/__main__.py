@@ -63,6 +63,13 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "list":
         return _list()
+    try:  # fail once, with the fix, rather than once per demo
+        import tinynorm
+
+        tinynorm.backend.module(args.backend)
+    except RuntimeError as err:
+        print(f"--backend {args.backend}: {err}", file=sys.stderr)
+        return 2
     if args.command == "all":
         return _run(DEMOS, args)
     if args.command not in DEMOS:
