@@ -8,7 +8,7 @@ centring (Zhang & Sennrich, 2019), as LLaMA uses it. ``eps=None`` means
 
 Built like ``layer_norm`` (one Function, rows in cache-sized blocks on a few threads); with
 no mean to find and subtract, forward makes two sweeps over a block instead of five, and
-backward six instead of nine.
+backward seven instead of ten.
 """
 from __future__ import annotations
 
