@@ -135,7 +135,8 @@ class GELU(Function):
         ctx.save_for_backward(x)
         if approximate == "none":
             return x * (0.5 * (1.0 + backend.erf(x / _SQRT_2)))
-        u = _SQRT_2_OVER_PI * (x + _GELU_C * x ** 3)
+        # x·x·x, not x ** 3: NumPy sends float32 ** 3 to powf, ~250x slower than two multiplies
+        u = _SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x))
         return 0.5 * x * (1.0 + xp.tanh(u))
 
     @staticmethod
@@ -153,7 +154,7 @@ class GELU(Function):
             cdf = 0.5 * (1.0 + backend.erf(x / _SQRT_2))
             pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
             return grad_out * (cdf + x * pdf), None
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x ** 3))
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x)))
         du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
         return grad_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx), None
 
