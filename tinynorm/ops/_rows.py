@@ -146,6 +146,26 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
+def outer_factor(v):
+    """The (n,) vector v laid out for ``outer``: over a row of zeros, as a (2, n) array."""
+    xp = backend.array_module(v)
+    return xp.stack([v, xp.zeros_like(v)])
+
+
+def outer(u, v_factor):
+    """The (m, n) array u_i · v_j, from u (m,) and ``v_factor = outer_factor(v)``.
+
+    One BLAS matrix product, (m, 2) @ (2, n) with a zero second column and row. It runs
+    about three times faster than NumPy's broadcasting u[:, None] * v, so a factor that
+    varies along both axes (r·γ) costs one sweep over a block instead of two. (With an inner
+    dimension of 1, NumPy's matmul does not call BLAS and is slower than broadcasting.)
+    """
+    xp = backend.array_module(u)
+    u_pair = xp.zeros((u.shape[0], 2), dtype=u.dtype)
+    u_pair[:, 0] = u
+    return xp.matmul(u_pair, v_factor)
+
+
 def as_block_rows(v, rows: int, on_cpu: bool):
     """The (n,) vector v as rows to multiply or add to a block of up to ``rows`` rows; take
     ``[:m]`` for a block of m rows. On the CPU, v repeated ``rows`` times: NumPy multiplies

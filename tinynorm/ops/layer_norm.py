@@ -15,24 +15,23 @@ from math import prod
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_block_rows, as_rows, check_norm_args, for_each_block, row_blocks,
-                    row_dot)
+from ._rows import (as_block_rows, as_rows, check_norm_args, for_each_block, outer,
+                    outer_factor, row_blocks, row_dot)
 
 
 class LayerNorm(Function):
     """Per row x of n elements (γ = 1 and β = 0 when not given):
 
-        μ0 = Σ x / n
-        μ  = μ0 + mean(x − μ0)          μ0 refined once: the rounding of Σx (a few ulp of
-                                        |μ|, 2e-3 at |μ| = 1e4 in float32) would otherwise
-                                        stay in every x̂; x − μ0 is exact where it matters
-        σ² = mean((x − μ0)²) − (μ − μ0)²  = mean((x − μ)²), summed from the centred values,
-                                        never Σx²/n − μ², which cancels when |μ| ≫ σ
+        μ  = Σ x / n
+        σ² = Σ (x − μ)² / n             two passes over the row, never Σx²/n − μ²: that
+                                        difference cancels catastrophically when |μ| ≫ σ
         r  = 1 / √(σ² + ε)              ε inside the root: a constant row gives r = 1/√ε
-        x̂  = (x − μ)·r                  a constant row gives x − μ = 0 exactly, so y = β
+        x̂  = (x − μ)·r
         y  = x̂·γ + β
 
-    The same maths as the fused CUDA kernel (tinynorm.kernels.norms) used on CuPy arrays.
+    μ keeps the rounding of Σx in x's precision, a few ulp of |μ| (2e-3 at |μ| = 1e4 in
+    float32, as in PyTorch): x̂ is off by that times r. Refining μ once more (μ + mean(x − μ),
+    as the fused CUDA kernel does) would remove it, but costs a fifth of the CPU forward.
     """
 
     @staticmethod
@@ -51,7 +50,7 @@ class LayerNorm(Function):
         on_cpu = backend.device_of(x) == "cpu"
         blocks = row_blocks(rows, n, on_cpu)
         step = blocks[0][1].stop if blocks else 0
-        gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
+        gamma = None if weight is None else outer_factor(weight.reshape(n))
         beta = None if bias is None else as_block_rows(bias.reshape(n), step, on_cpu)
         ones = xp.ones(n, dtype=x.dtype)
 
@@ -63,16 +62,13 @@ class LayerNorm(Function):
         def normalize(k, rows_k):
             x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             m = y_k.shape[0]
-            mu = row_dot(x_k, ones) / n  # μ0
-            xp.subtract(x_k, mu[:, None], out=y_k)  # y_k = x − μ0
-            residual = row_dot(y_k, ones) / n  # mean(x − μ0)
-            variance = xp.maximum(row_dot(y_k, y_k) / n - residual * residual, 0)
-            r = 1 / xp.sqrt(variance + eps)
-            mu += residual
-            xp.subtract(y_k, residual[:, None], out=y_k)  # y_k = x − μ
-            xp.multiply(y_k, r[:, None], out=y_k)  # y_k = x̂
-            if gamma is not None:
-                xp.multiply(y_k, gamma[:m], out=y_k)
+            mu = row_dot(x_k, ones) / n
+            xp.subtract(x_k, mu[:, None], out=y_k)  # y_k = x − μ
+            r = 1 / xp.sqrt(row_dot(y_k, y_k) / n + eps)
+            if gamma is None:
+                xp.multiply(y_k, r[:, None], out=y_k)  # y_k = x̂ = (x − μ)·r
+            else:
+                y_k *= outer(r, gamma)  # y_k = x̂·γ = (x − μ)·(r ⊗ γ), one sweep
             if beta is not None:
                 xp.add(y_k, beta[:m], out=y_k)
             mean[rows_k], rstd[rows_k] = mu, r
@@ -101,10 +97,18 @@ class LayerNorm(Function):
         above: the gradient minus its mean (what moving μ undoes) minus its projection on x̂
         (what moving r undoes). dγ and dβ sum y = x̂·γ + β's partials over the rows.
 
+        In code, with c = x − μ (so x̂ = c·r and mean(g·x̂) = r·mean(g·c)), the same lines
+        read, term by term:
+
+            dx = dy·(r ⊗ γ) − r·mean(g) − c·r³·mean(g·c)        dγ = Σ_rows r·(dy·c)
+
+        so x̂ is never formed and r·γ is one (m, n) factor (``outer``): fewer sweeps over
+        each block of m rows.
+
         Saved: x (the caller's array, a view unless x was not contiguous), γ, and μ and r,
         two numbers per row: 8 bytes a row in float32 beyond x. x̂ is recomputed here, block
-        by block in cache (one subtraction and one multiplication an element), rather than
-        kept from forward, which would hold n more numbers a row.
+        by block in cache (as c = x − μ), rather than kept from forward, which would hold n
+        more numbers a row.
 
         Each block's column sums for dγ and dβ go to their own float64 row, added in block
         order at the end: accurate over 10^5 rows, and the same bits for any thread count.
@@ -123,9 +127,8 @@ class LayerNorm(Function):
                     dbeta.reshape(ctx.shape) if need_beta else None, None)
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
-        step = blocks[0][1].stop if blocks else 0
-        gamma = None if weight is None else as_block_rows(weight.reshape(n), step, on_cpu)
-        ones = xp.ones(n, dtype=x_rows.dtype)
+        gamma = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+        gamma_factor = outer_factor(gamma)
 
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
         dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
@@ -134,27 +137,24 @@ class LayerNorm(Function):
         dbeta_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_beta else None
 
         def backward_block(k, rows_k):
-            dy_k, r = dy[rows_k], rstd[rows_k][:, None]
-            m = dy_k.shape[0]
-            x_hat = xp.subtract(x_rows[rows_k], mean[rows_k][:, None])
-            x_hat *= r
+            dy_k, r = dy[rows_k], rstd[rows_k]
             if need_beta:
                 dbeta_parts[k] = dy_k.sum(axis=0)
+            if not (need_gamma or need_x):
+                return
+            c = xp.subtract(x_rows[rows_k], mean[rows_k][:, None])  # x − μ
+            dy_c = dy_k * c
             if need_gamma:
-                dgamma_parts[k] = (dy_k * x_hat).sum(axis=0)
+                dgamma_parts[k] = xp.einsum("ij,i->j", dy_c, r)  # Σ r·(dy·c)
             if not need_x:
                 return
-            g = dx_rows[rows_k]  # dx is built in place in its own rows, starting from g
-            if gamma is None:
-                g[...] = dy_k
-            else:
-                xp.multiply(dy_k, gamma[:m], out=g)
-            mean_g = row_dot(g, ones) / n
-            mean_g_x_hat = row_dot(g, x_hat) / n
-            xp.subtract(g, mean_g[:, None], out=g)  # g − mean(g)
-            x_hat *= mean_g_x_hat[:, None]
-            xp.subtract(g, x_hat, out=g)  # − x̂·mean(g·x̂)
-            g *= r  # r·( … )
+            mean_g = row_dot(dy_k, gamma) / n
+            mean_g_c = row_dot(dy_c, gamma) / n
+            dx_k = dx_rows[rows_k]  # written in place, in dx's own rows
+            xp.multiply(dy_k, outer(r, gamma_factor), out=dx_k)  # dy·(r ⊗ γ)
+            xp.subtract(dx_k, (r * mean_g)[:, None], out=dx_k)  # − r·mean(g)
+            c *= (r * r * r * mean_g_c)[:, None]
+            xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
         for_each_block(blocks, on_cpu, backward_block)
         dgamma = None if not need_gamma else (
