@@ -244,6 +244,18 @@ def test_constant_rows_and_single_features_follow_the_maths(x, seed):
     np.testing.assert_allclose(host(y), x * r * w, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_single_feature_gives_exactly_zero_dx(dtype):
+    """d = 1: x − μ = 0 and g − mean(g) = 0, so dx is 0 exactly, not just to rounding."""
+    rng = np.random.default_rng(10)
+    x, upstream = (rng.standard_normal((6, 1)).astype(dtype) for _ in range(2))
+    w, b = (rng.standard_normal(1).astype(dtype) for _ in range(2))
+    y, dx, (dw, _) = run_ours(lambda x, w, b: F.layer_norm(x, 1, w, b), x, [w, b], upstream)
+    np.testing.assert_array_equal(host(dx), 0)
+    np.testing.assert_array_equal(host(dw), 0)
+    np.testing.assert_array_equal(host(y), np.broadcast_to(b, x.shape))
+
+
 def test_eps_is_inside_the_square_root():
     x = np.array([[0.0, 2e-3, 4e-3, 6e-3]])  # σ² = 5e-6, σ ≈ 2.2e-3
     eps = 1e-2

@@ -127,7 +127,8 @@ class LayerNorm(Function):
                     dbeta.reshape(ctx.shape) if need_beta else None, None)
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
-        gamma = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+        ones = xp.ones(n, dtype=x_rows.dtype)
+        gamma = ones if weight is None else weight.reshape(n)
         gamma_factor = outer_factor(gamma)
 
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
@@ -148,11 +149,12 @@ class LayerNorm(Function):
                 dgamma_parts[k] = xp.einsum("ij,i->j", dy_c, r)  # Σ r·(dy·c)
             if not need_x:
                 return
-            mean_g = row_dot(dy_k, gamma) / n
             mean_g_c = row_dot(dy_c, gamma) / n
             dx_k = dx_rows[rows_k]  # written in place, in dx's own rows
-            xp.multiply(dy_k, outer(r, gamma_factor), out=dx_k)  # dy·(r ⊗ γ)
-            xp.subtract(dx_k, (r * mean_g)[:, None], out=dx_k)  # − r·mean(g)
+            xp.multiply(dy_k, outer(r, gamma_factor), out=dx_k)  # dy·(r ⊗ γ) = r·g
+            # − r·mean(g), taken as the row mean of the r·g just computed: the same rounded
+            # numbers, so a row whose g is constant (d = 1) gets exactly 0
+            xp.subtract(dx_k, (row_dot(dx_k, ones) / n)[:, None], out=dx_k)
             c *= (r * r * r * mean_g_c)[:, None]
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
