@@ -18,7 +18,7 @@ from tinynorm.models import LayerNorm
 
 from . import _common as C
 
-DESCRIPTION = "the seed's from-scratch LayerNorm on (2, 10, 512): input, output and per-row mean/std"
+DESCRIPTION = "the seed's from-scratch LayerNorm on (2, 10, 512): input, output, per-row mean/std"
 
 BATCH, SEQ_LEN, D_MODEL = 2, 10, 512
 
@@ -70,7 +70,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     torch_y = seed_torch_layer_norm(x_np)
     torch_diff = None if torch_y is None else float(np.abs(torch_y - y_np).max())
     if torch_diff is not None:
-        print(f"the seed's PyTorch LayerNorm on the same input: max |difference| = {torch_diff:.2e}\n")
+        print(f"the seed's PyTorch LayerNorm on the same input: "
+              f"max |difference| = {torch_diff:.2e}\n")
 
     fig, axes = C.figure(1, 2, width=10, height=3.6)
     axes[0, 0].hist(x_np.ravel(), bins=60, color="C0")

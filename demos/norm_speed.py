@@ -23,7 +23,8 @@ from tinynorm.models import LayerNorm, RMSNorm
 
 from . import _common as C
 
-DESCRIPTION = "LayerNorm vs RMSNorm: output statistics and timing beside PyTorch (seed's claim: RMSNorm is faster)"
+DESCRIPTION = ("LayerNorm vs RMSNorm: output statistics and timing beside PyTorch "
+               "(the seed's claim: RMSNorm is faster)")
 
 SEED_CLASSES, BUILT_IN = "PyTorch, seed's classes", "PyTorch built-in"
 SHAPES = {"quick": (4, 128, 256), "numpy": (16, 512, 1024), "cupy": (100, 2048, 4096)}
@@ -169,7 +170,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
             speedups[(lib, mode)] = ln_s / rms_s
             rows.append({"library": lib, "pass": mode, "LayerNorm ms": ln_s * 1e3,
                          "RMSNorm ms": rms_s * 1e3, "speedup (LN / RMS)": ln_s / rms_s})
-    where = f"{backend}" + (f", PyTorch on {torch_device}" if has_torch else ", PyTorch not installed")
+    where = backend + (f", PyTorch on {torch_device}" if has_torch else ", PyTorch not installed")
     C.table(rows, ["library", "pass", "LayerNorm ms", "RMSNorm ms", "speedup (LN / RMS)"],
             title=f"float32 x of shape {shape}: medians of {repeat} interleaved calls ({where})")
 
@@ -186,7 +187,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     figures = [C.save(fig, out, "norm_speed.png")]
 
     ours = speedups[("tinynorm", "forward")], speedups[("tinynorm", "fwd+bwd")]
-    measured = f"tinynorm's RMSNorm is {ours[0]:.2f}x LayerNorm's speed forward, {ours[1]:.2f}x fwd+bwd"
+    measured = (f"tinynorm's RMSNorm is {ours[0]:.2f}x LayerNorm's speed forward, "
+                f"{ours[1]:.2f}x fwd+bwd")
     if has_torch:
         measured += (f"; PyTorch: the seed's classes {speedups[(SEED_CLASSES, 'forward')]:.2f}x, "
                      f"the built-ins {speedups[(BUILT_IN, 'forward')]:.2f}x forward")
