@@ -88,15 +88,17 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
             title=f"{config} on backend {backend} (peak: arrays allocated during the call)")
 
     fig, axes = C.figure(1, 2, width=10, height=3.2)
-    labels = [f"{name}\n{shape_in}" for name, (shape_in, _) in runs.items()]
+    short = {SEED_CALL: "forward (seed's call)", INFERENCE: "forward, no_grad", TRAINING: "fwd+bwd"}
+    labels = [f"{short[name]}\n{shape_in}" for name, (shape_in, _) in runs.items()]
     for ax, values, unit in ((axes[0, 0], [m.seconds for _, m in runs.values()], "time (s)"),
                              (axes[0, 1], [m.peak_bytes / 2**20 for _, m in runs.values()],
                               "peak memory (MiB)")):
         ax.barh(labels, values, color=["C0", "C1", "C2"])
         ax.set(xlabel=unit)
         ax.invert_yaxis()
-        ax.tick_params(axis="y", labelsize=7)
-    axes[0, 0].set_title(f"{config}", fontsize=8, loc="left")
+        ax.tick_params(axis="y", labelsize=8)
+    axes[0, 1].set_yticklabels([])
+    fig.suptitle(config, fontsize=9)
     figures = [C.save(fig, out, "gpt2_small.png")]
 
     holds = shape == (batch, seq, d_model) and finite and num_params == expected

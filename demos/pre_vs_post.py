@@ -130,7 +130,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
             title=f"Residual stream at each block's input, mean ||x_l||^2 / d ({deepest} layers); "
                   "Pre-Norm linear fit R^2: " + ", ".join(f"{i} {fits[i][2]:.4f}" for i in INITS))
 
-    fig, axes = C.figure(2, 3, width=15, height=7.5)
+    fig, axes = C.figure(2, 3, width=13, height=6.6)
     for row, (init, label) in enumerate(INITS.items()):
         for col, kind in enumerate(KINDS):
             ax = axes[row, col]
