@@ -6,6 +6,8 @@ The maths and its hand-derived backward live in ``F.layer_norm`` and ``F.rms_nor
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 from ..creation import empty
 from . import functional as F
 from . import init
@@ -13,7 +15,7 @@ from .module import Module, Parameter
 
 
 def _as_shape(normalized_shape) -> tuple:
-    if isinstance(normalized_shape, int):
+    if isinstance(normalized_shape, Integral):
         return (normalized_shape,)
     return tuple(int(s) for s in normalized_shape)
 

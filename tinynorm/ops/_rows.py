@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor, wait
+from numbers import Integral
 
 from .. import backend
 from ._adjoint import require_float
@@ -61,7 +62,7 @@ def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tup
 
     Errors name the op and both shapes (or the dtypes), as PyTorch's do.
     """
-    shape = (int(normalized_shape),) if isinstance(normalized_shape, int) else tuple(
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, Integral) else tuple(
         int(s) for s in normalized_shape)
     if not shape:
         raise ValueError(f"{op}: normalized_shape must have at least one dim, got ()")
@@ -114,10 +115,12 @@ def row_blocks(rows: int, n: int, on_cpu: bool) -> list:
             for k, start in enumerate(range(0, rows, step))]
 
 
-def for_each_block(blocks: list, on_cpu: bool, work) -> None:
-    """Call ``work(k, rows_k)`` for every block of ``blocks`` (from ``row_blocks``), the
-    blocks shared out over the threads on the CPU."""
-    threads = min(_num_threads, len(blocks)) if on_cpu else 1
+def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
+    """Call ``work(k, rows_k)`` for every block of ``blocks`` (from ``row_blocks``) of rows of
+    n elements, the blocks shared out over the threads on the CPU. A thread is worth its
+    hand-over only for about BLOCK_ELEMENTS elements of work or more."""
+    elements = blocks[-1][1].stop * n if blocks else 0
+    threads = min(_num_threads, len(blocks), max(1, elements // BLOCK_ELEMENTS)) if on_cpu else 1
     if threads <= 1:
         for k, rows_k in blocks:
             work(k, rows_k)
@@ -158,7 +161,9 @@ def outer(u, v_factor):
     One BLAS matrix product, (m, 2) @ (2, n) with a zero second column and row. It runs
     about three times faster than NumPy's broadcasting u[:, None] * v, so a factor that
     varies along both axes (r·γ) costs one sweep over a block instead of two. (With an inner
-    dimension of 1, NumPy's matmul does not call BLAS and is slower than broadcasting.)
+    dimension of 1, NumPy's matmul does not call BLAS and is slower than broadcasting.) A
+    block's product, 2·m·n ≤ 2·BLOCK_ELEMENTS multiply-adds, is below the size at which
+    OpenBLAS starts threads of its own, so it runs on the thread that calls it.
     """
     xp = backend.array_module(u)
     u_pair = xp.zeros((u.shape[0], 2), dtype=u.dtype)

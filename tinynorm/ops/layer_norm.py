@@ -41,7 +41,7 @@ class LayerNorm(Function):
         n, eps = prod(shape), float(eps)
         x_rows = as_rows(x, n)
         ctx.shape = shape
-        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, same saved μ and r
+        if kernels.use_fused(x_rows):  # CUDA kernel: saves the same μ and r (μ refined once)
             w, b = (None if p is None else p.reshape(n) for p in (weight, bias))
             y, mean, rstd = kernels.layer_norm_forward(x_rows, w, b, eps)
             ctx.save_for_backward(x_rows, weight, mean, rstd)
@@ -74,7 +74,7 @@ class LayerNorm(Function):
             mean[rows_k], rstd[rows_k] = mu, r
 
         if x_rows.size:
-            for_each_block(blocks, on_cpu, normalize)
+            for_each_block(blocks, n, on_cpu, normalize)
         ctx.save_for_backward(x_rows, weight, mean, rstd)
         return y
 
@@ -158,7 +158,7 @@ class LayerNorm(Function):
             c *= (r * r * r * mean_g_c)[:, None]
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
-        for_each_block(blocks, on_cpu, backward_block)
+        for_each_block(blocks, n, on_cpu, backward_block)
         dgamma = None if not need_gamma else (
             dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
         dbeta = None if not need_beta else (

@@ -36,7 +36,7 @@ class RMSNorm(Function):
         eps = float(xp.finfo(x.dtype).eps if eps is None else eps)
         x_rows = as_rows(x, n)
         ctx.shape = shape
-        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, same saved r
+        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, saves the same r
             w = None if weight is None else weight.reshape(n)
             y, rstd = kernels.rms_norm_forward(x_rows, w, eps)
             ctx.save_for_backward(x_rows, weight, rstd)
@@ -60,7 +60,7 @@ class RMSNorm(Function):
             rstd[rows_k] = r
 
         if x_rows.size:
-            for_each_block(blocks, on_cpu, normalize)
+            for_each_block(blocks, n, on_cpu, normalize)
         ctx.save_for_backward(x_rows, weight, rstd)
         return y
 
@@ -125,7 +125,7 @@ class RMSNorm(Function):
             xp.multiply(x_k, (r * r * r * mean_g_x)[:, None], out=dy_x)  # dy·x is spent
             xp.subtract(dx_k, dy_x, out=dx_k)  # − x·r³·mean(g·x)
 
-        for_each_block(blocks, on_cpu, backward_block)
+        for_each_block(blocks, n, on_cpu, backward_block)
         dgamma = None if not need_gamma else (
             dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
         return dx, None, dgamma, None
