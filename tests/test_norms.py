@@ -117,6 +117,14 @@ def test_rms_norm_module_matches_torch_default_eps(shape, normalized_shape, elem
     assert np.abs(default - no_eps).max() > 1e-3
 
 
+def test_rms_norm_default_eps_for_float16_is_float32s_as_torch():
+    x = np.full((1, 4), 0.03, dtype=np.float16)  # mean(x²) ≈ 9e-4, as large as float16's eps
+    want = torch.nn.functional.rms_norm(torch.from_numpy(x), (4,)).numpy()
+    got = host(F.rms_norm(tn.tensor(x), 4))
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got, want, rtol=2e-3)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_layer_norm_module_matches_torch(bias):
     theirs = torch.nn.LayerNorm((3, 4), bias=bias).double()

@@ -4,7 +4,7 @@ PyTorch's ``F.rms_norm(input, normalized_shape, weight=None, eps=None)``: each r
 trailing ``normalized_shape`` dims, n elements) is divided by its root mean square and
 scaled by γ (``weight``). No mean is subtracted and there is no β: LayerNorm without the
 centring (Zhang & Sennrich, 2019), as LLaMA uses it. ``eps=None`` means
-``finfo(dtype).eps``, as PyTorch.
+``finfo(dtype).eps``, as PyTorch (float32's for float16 input, as PyTorch computes).
 
 Built like ``layer_norm`` (one Function, rows in cache-sized blocks on a few threads); with
 no mean to find and subtract, it makes fewer sweeps over each block: forward one (x·(r ⊗ γ))
@@ -33,7 +33,9 @@ class RMSNorm(Function):
         shape = check_norm_args("rms_norm", x, normalized_shape, weight)
         xp = backend.array_module(x, weight, op="rms_norm")
         n = prod(shape)
-        eps = float(xp.finfo(x.dtype).eps if eps is None else eps)
+        if eps is None:  # as PyTorch: the eps of the precision it computes in (float32 for float16)
+            eps = xp.finfo(xp.promote_types(x.dtype, backend.float32)).eps
+        eps = float(eps)
         x_rows = as_rows(x, n)
         ctx.shape = shape
         if kernels.use_fused(x_rows):  # CUDA kernel: same maths, saves the same r
