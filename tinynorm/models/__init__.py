@@ -9,10 +9,11 @@ the seed's PyTorch class loads unchanged::
 from .blocks import (ModernTransformerBlock, PostNormTransformerBlock, PreNormTransformerBlock,
                      Transformer, TransformerBlockWithResiduals)
 from .deep import DeepNetworkWithoutResiduals, DeepNetworkWithResiduals
+from .lm import CausalLM, deepnorm_alpha, deepnorm_beta
 from .norms import LayerNorm, RMSNorm
 
 __all__ = [
     "DeepNetworkWithoutResiduals", "DeepNetworkWithResiduals", "LayerNorm", "RMSNorm",
     "TransformerBlockWithResiduals", "PostNormTransformerBlock", "PreNormTransformerBlock",
-    "ModernTransformerBlock", "Transformer",
+    "ModernTransformerBlock", "Transformer", "CausalLM", "deepnorm_alpha", "deepnorm_beta",
 ]
