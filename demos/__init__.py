@@ -16,6 +16,11 @@ DEMOS = (
     "norm_speed",
     "pre_vs_post",
     "gpt2_small",
+    # training experiments (issue 6): a small causal LM trained on the stdlib's own sources
+    "warmup",
+    "depth",
+    "update_size",
+    "rms_vs_ln_training",
 )
 
 

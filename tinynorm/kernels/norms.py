@@ -3,8 +3,9 @@
 Same math, symbols and saved quantities as tinynorm.ops.layer_norm / rms_norm, which stay
 the reference. Per row of n elements (one block per row, a loop over the row):
 
-LayerNorm forward   μ0 = Σx / n, refined once as the op does: μ = μ0 + mean(x − μ0) (the
-                    rounding of Σx would otherwise stay in every x̂ when |μ| ≫ σ);
+LayerNorm forward   μ0 = Σx / n, refined once: μ = μ0 + mean(x − μ0) (the rounding of Σx
+                    would otherwise stay in every x̂ when |μ| ≫ σ; cheap on a GPU, where
+                    the row is in registers, so here, unlike the CPU path, it is done);
                     σ² = mean((x − μ)²), from the same pass over x − μ0 (two reading
                     passes before the one that writes y; never Σx²/n − μ²);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;
                     y = x̂·γ + β.  Saves μ and r: two numbers per row; x̂ is recomputed

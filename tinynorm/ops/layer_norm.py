@@ -41,7 +41,7 @@ class LayerNorm(Function):
         n, eps = prod(shape), float(eps)
         x_rows = as_rows(x, n)
         ctx.shape = shape
-        if kernels.use_fused(x_rows):  # CUDA kernel: saves the same μ and r (μ refined once)
+        if kernels.use_fused(x_rows):  # CUDA kernel: saves the same μ and r (its μ refined once)
             w, b = (None if p is None else p.reshape(n) for p in (weight, bias))
             y, mean, rstd = kernels.layer_norm_forward(x_rows, w, b, eps)
             ctx.save_for_backward(x_rows, weight, mean, rstd)
