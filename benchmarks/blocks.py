@@ -3,6 +3,11 @@
     python benchmarks/blocks.py            # everything (several minutes on 2 cores)
     python benchmarks/blocks.py --quick    # fewer repetitions of the large stack
 
+On a machine shared with other jobs, two BLAS threads per framework swing by 10x from run to
+run; pin both frameworks to one thread for a stable comparison:
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TINYNORM_NUM_THREADS=1 python benchmarks/blocks.py
+
 Rows (float32, interleaved repetitions, medians; ratio = tinynorm / PyTorch):
 1. ``ModernTransformerBlock(768, 12, 3072)`` forward+backward on (2, 256, 768) with a causal
    mask, dropout off (eval mode) and on (train mode, p = 0.1). Target <= 1.0x.
@@ -223,7 +228,10 @@ def main(argv=None):
         return
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}")
+    threads = {k: os.environ.get(k, "unset") for k in
+               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TINYNORM_NUM_THREADS")}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; numpy {np.__version__}; "
+          + ", ".join(f"{k}={v}" for k, v in threads.items()))
     time_rows, memory_rows = [], []
     if args.only in (None, "block"):
         bench_block(time_rows, repeat=5 if args.quick else 15)
