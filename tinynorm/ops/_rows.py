@@ -141,6 +141,26 @@ def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
         f.result()  # re-raises a worker's exception here
 
 
+def elementwise(fn, *arrays):
+    """``fn(*arrays)`` for an elementwise ``fn`` of same-shape arrays, computed in blocks of
+    BLOCK_ELEMENTS shared out over the threads (for costly ufuncs such as erf, which NumPy
+    runs on one core). Small or GPU arrays go to ``fn`` whole."""
+    x = arrays[0]
+    if x.size < 2 * BLOCK_ELEMENTS or _num_threads == 1 or backend.device_of(x) != "cpu":
+        return fn(*arrays)
+    xp = backend.array_module(*arrays)
+    flat = [xp.ascontiguousarray(a).reshape(-1) for a in arrays]
+    out = xp.empty(x.size, dtype=x.dtype)
+    blocks = [(k, slice(start, min(start + BLOCK_ELEMENTS, x.size)))
+              for k, start in enumerate(range(0, x.size, BLOCK_ELEMENTS))]
+
+    def work(k, part):
+        out[part] = fn(*(a[part] for a in flat))
+
+    for_each_block(blocks, 1, True, work)
+    return out.reshape(x.shape)
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     if _pool is None:

@@ -10,6 +10,7 @@ import math
 from .. import backend
 from ..autograd import Function
 from ._adjoint import require_float
+from ._rows import elementwise
 
 
 class Exp(Function):
@@ -118,11 +119,36 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
 
 
+def _gelu_none(x):
+    return x * (0.5 * (1.0 + backend.erf(x / _SQRT_2)))
+
+
+def _gelu_tanh(x):
+    # x·x·x, not x ** 3: NumPy sends float32 ** 3 to powf, ~250x slower than two multiplies
+    u = _SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x))
+    return 0.5 * x * (1.0 + backend.array_module(x).tanh(u))
+
+
+def _gelu_none_backward(x, g):
+    cdf = 0.5 * (1.0 + backend.erf(x / _SQRT_2))
+    pdf = _INV_SQRT_2PI * backend.array_module(x).exp(-0.5 * x * x)
+    return g * (cdf + x * pdf)
+
+
+def _gelu_tanh_backward(x, g):
+    t = backend.array_module(x).tanh(_SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x)))
+    du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
+    return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
+
+
 class GELU(Function):
     """GELU, exact or tanh-approximated, as PyTorch:
 
     approximate="none":  y = x · Φ(x),           Φ(x) = ½ (1 + erf(x/√2))
     approximate="tanh":  y = ½ x (1 + tanh(u)),  u = √(2/π) (x + 0.044715 x³)
+
+    erf runs on one core and costs as much as a matrix product of the same size, so both
+    passes go through ``elementwise``: blocks of the array shared out over the threads.
     """
 
     @staticmethod
@@ -130,33 +156,22 @@ class GELU(Function):
         require_float("gelu", x)
         if approximate not in ("none", "tanh"):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
-        xp = backend.array_module(x)
         ctx.approximate = approximate
         ctx.save_for_backward(x)
-        if approximate == "none":
-            return x * (0.5 * (1.0 + backend.erf(x / _SQRT_2)))
-        # x·x·x, not x ** 3: NumPy sends float32 ** 3 to powf, ~250x slower than two multiplies
-        u = _SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x))
-        return 0.5 * x * (1.0 + xp.tanh(u))
+        return elementwise(_gelu_none if approximate == "none" else _gelu_tanh, x)
 
     @staticmethod
     def backward(ctx, grad_out):
-        """The exact derivative of each form:
+        """The exact derivative of each form, g = grad_out:
 
-        none:  dy/dx = Φ(x) + x φ(x),  φ(x) = e^(−x²/2) / √(2π)
-        tanh:  with t = tanh(u), dy/dx = ½ (1 + t) + ½ x (1 − t²) · √(2/π) (1 + 3·0.044715 x²)
+        none:  dx = g·(Φ(x) + x φ(x)),  φ(x) = e^(−x²/2) / √(2π)
+        tanh:  with t = tanh(u), dx = g·(½ (1 + t) + ½ x (1 − t²) · √(2/π) (1 + 3·0.044715 x²))
 
-        Saves x; Φ, φ and t are recomputed (cheaper in memory than saving them).
+        Saves x; Φ, φ and t are recomputed (one array of x's size held, not three).
         """
         (x,) = ctx.saved_tensors
-        xp = backend.array_module(x)
-        if ctx.approximate == "none":
-            cdf = 0.5 * (1.0 + backend.erf(x / _SQRT_2))
-            pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-            return grad_out * (cdf + x * pdf), None
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x)))
-        du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
-        return grad_out * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx), None
+        grad = _gelu_none_backward if ctx.approximate == "none" else _gelu_tanh_backward
+        return elementwise(grad, x, grad_out), None
 
 
 def exp(x):
