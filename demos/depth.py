@@ -98,7 +98,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     for name in VARIANTS:
         ax.plot(T.smooth(by[name, deepest]["losses"]), label=name)
     ax.axhline(entropy, color="k", ls="--", lw=0.8)
-    ax.set(xlabel="step", ylabel="train loss (nats)", ylim=(1.5, 6.0),
+    ax.set(xlabel="step", ylabel="train loss (nats)", ylim=(1.8, 4.8),
            title=f"Training curves at {deepest} layers")
     ax.grid(True, alpha=0.3)
     figure = C.save(fig, out, "training_depth.png")

@@ -89,9 +89,12 @@ def verdict(s: dict, summary: dict, entropy: float):
         "Pre-LN never stalls, with or without warm-up": pre_stalls == 0,
         f"at {control} layers neither stalls": sum(control_stalls.values()) == 0,
     }
-    measured = (f"{deep}-layer Post-LN without warm-up stalled in {post_fails}/{post_runs} runs at "
-                f"lr {', '.join(f'{lr:g}' for lr in high)}; warm-up lowered the stall count at "
-                f"{len(rescued)}/{len(high)} of those lrs; Pre-LN stalled in {pre_stalls} runs, "
+    by_lr = ", ".join(f"lr {lr:g} {cell(deep, 'post', lr, w0)['stalled']}/"
+                      f"{cell(deep, 'post', lr, w0)['runs']} -> {cell(deep, 'post', lr, w1)['stalled']}/"
+                      f"{cell(deep, 'post', lr, w1)['runs']}" for lr in lrs)
+    measured = (f"{deep}-layer Post-LN stalls without -> with warm-up: {by_lr}; warm-up lowered "
+                f"the stall count at {len(rescued)}/{len(high)} of the lrs >= {high[0]:g}; "
+                f"Pre-LN stalled in {pre_stalls} runs, "
                 f"largest warm-up effect on its mean loss {pre_gap:.3f} nats; {control}-layer "
                 f"control stalls Post-LN {control_stalls['post']}, Pre-LN {control_stalls['pre']}, "
                 f"largest Post-vs-Pre gap {control_gap:.3f} nats")
