@@ -74,8 +74,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     rows = [{"variant": name, **{f"{d} layers": cell_text(by[name, d], entropy)
                                  for d in s["depths"]}} for name in VARIANTS]
     C.table(rows, list(rows[0]), title=f"Final validation loss (nats) after {s['steps']} steps; "
-            f"H = {entropy:.3f}; (stall) = within {T.STALL_MARGIN} of H or above; (blew up) = above "
-            "H + 1; diverged = inf/nan loss")
+            f"H = {entropy:.3f}; (stall) = within {T.STALL_MARGIN} of H or above; "
+            "(blew up) = above H + 1; diverged = inf/nan loss")
     trains = {name: [d for d in s["depths"] if not T.stalled(by[name, d]["val"], entropy)]
               for name in VARIANTS}
 

@@ -105,8 +105,11 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     ax.legend(fontsize=8)
     figure = C.save(fig, out, "training_rms_vs_ln.png")
 
-    ratios = {r["config"]["d_model"] if r in timed else f"{r['config']['d_model']}/seed{r['config']['seed']}":
-              step_ms(r, "rms") / step_ms(r, "layer") for r in trained + timed}
+    def race_name(r):
+        c = r["config"]
+        return c["d_model"] if r in timed else f"{c['d_model']}/seed{c['seed']}"
+
+    ratios = {race_name(r): step_ms(r, "rms") / step_ms(r, "layer") for r in trained + timed}
     loss_gap = float(np.mean([r["val"]["rms"] - r["val"]["layer"] for r in trained]))
     def speed(ratio):
         return ("faster" if ratio < 1 - SAME_TIME else "slower" if ratio > 1 + SAME_TIME

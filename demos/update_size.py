@@ -106,8 +106,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
                     "LN growth": c["ln_input"][-1] / c["ln_input"][0],
                     "loss@end": float(np.mean(c["losses"][-10:]))})
         rows.append(row)
-    C.table(rows, list(rows[0]), title="||F(x,θ_t) − F(x,θ_0)|| (dF@t), mean LayerNorm input norm "
-            "(sqrt(d) = %.1f for unit-variance rows), mean over seeds" % np.sqrt(s["d_model"]))
+    C.table(rows, list(rows[0]), title="||F(x,θ_t) − F(x,θ_0)|| (dF@t), mean LayerNorm input "
+            f"norm (sqrt(d) = {np.sqrt(s['d_model']):.1f} for unit-variance rows), mean over seeds")
 
     fig, axes = C.figure(1, 3, width=14, height=4)
     for n, label in NORMS.items():
@@ -146,7 +146,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
                      outcome, measured)
     result = {"settings": s, "curves": {n: {k: v.tolist() for k, v in c.items()}
                                         for n, c in curves.items()},
-              "first_update": first, "max_update": max_update, "ln_growth": growth, "checks": checks,
+              "first_update": first, "max_update": max_update, "ln_growth": growth,
+              "checks": checks,
               "runs": results, "figures": [figure], "verdict": line}
     result["json"] = T.save_json(result, out, "training_update_size.json")
     return result

@@ -80,8 +80,8 @@ def verdict(s: dict, summary: dict, entropy: float):
                   for lr in lrs)
     control_stalls = {n: sum(cell(control, n, lr, w)["stalled"] for lr in lrs for w in (w0, w1))
                       for n in NORMS}
-    control_gap = max(abs(cell(control, "post", lr, w)["mean"] - cell(control, "pre", lr, w)["mean"])
-                      for lr in lrs for w in (w0, w1))
+    control_gap = max(abs(cell(control, "post", lr, w)["mean"]
+                          - cell(control, "pre", lr, w)["mean"]) for lr in lrs for w in (w0, w1))
     # each expectation is judged by stalls, as the table counts them; the loss gaps are reported
     checks = {
         f"deep Post-LN without warm-up stalls at lr >= {high[0]:g}": post_fails > post_runs / 2,
@@ -89,9 +89,11 @@ def verdict(s: dict, summary: dict, entropy: float):
         "Pre-LN never stalls, with or without warm-up": pre_stalls == 0,
         f"at {control} layers neither stalls": sum(control_stalls.values()) == 0,
     }
-    by_lr = ", ".join(f"lr {lr:g} {cell(deep, 'post', lr, w0)['stalled']}/"
-                      f"{cell(deep, 'post', lr, w0)['runs']} -> {cell(deep, 'post', lr, w1)['stalled']}/"
-                      f"{cell(deep, 'post', lr, w1)['runs']}" for lr in lrs)
+    def stalls(lr, warmup):
+        c = cell(deep, "post", lr, warmup)
+        return f"{c['stalled']}/{c['runs']}"
+
+    by_lr = ", ".join(f"lr {lr:g} {stalls(lr, w0)} -> {stalls(lr, w1)}" for lr in lrs)
     measured = (f"{deep}-layer Post-LN stalls without -> with warm-up: {by_lr}; warm-up lowered "
                 f"the stall count at {len(rescued)}/{len(high)} of the lrs >= {high[0]:g}; "
                 f"Pre-LN stalled in {pre_stalls} runs, "
@@ -117,7 +119,8 @@ def plot(s, results, entropy, out):
                 c = r["config"]
                 if (c["num_layers"], c["norm"], c["lr"]) != (layers, norm, lr):
                     continue
-                label = f"warm-up {c['warmup']}" if c["seed"] == results[0]["config"]["seed"] else None
+                first_seed = c["seed"] == results[0]["config"]["seed"]
+                label = f"warm-up {c['warmup']}" if first_seed else None
                 ax.plot(T.smooth(r["losses"]), color=colors[c["warmup"]], lw=0.9, alpha=0.8,
                         label=label)
             ax.axhline(entropy, color="k", ls="--", lw=0.8, label="unigram entropy")

@@ -46,7 +46,8 @@ def test_training_demos_are_registered():
 def test_warmup(tmp_path, entropy):
     r, saved = _run("warmup", tmp_path)
     s = r["settings"]
-    expected_runs = 2 * len(s["lrs"]) * len(s["warmups"]) * (len(s["seeds"]) + len(s["control_seeds"]))
+    seeds = len(s["seeds"]) + len(s["control_seeds"])
+    expected_runs = 2 * len(s["lrs"]) * len(s["warmups"]) * seeds
     assert len(r["runs"]) == len(saved["runs"]) == expected_runs
     for run in r["runs"]:
         assert abs(run["losses"][0] - VOCAB_LOG) < 1.0  # an untrained model guesses ~uniformly
@@ -61,7 +62,8 @@ def test_warmup(tmp_path, entropy):
     firsts = {}
     for run in r["runs"]:
         c = run["config"]
-        firsts.setdefault((c["num_layers"], c["norm"], c["lr"], c["seed"]), set()).add(run["losses"][0])
+        key = (c["num_layers"], c["norm"], c["lr"], c["seed"])
+        firsts.setdefault(key, set()).add(run["losses"][0])
     assert all(len(v) == 1 for v in firsts.values())
     assert ("claim holds" in r["verdict"]) or ("does NOT hold" in r["verdict"])
     assert len(r["checks"]) == 4
@@ -91,7 +93,8 @@ def test_update_size(tmp_path):
     # at init the LayerNorm inputs are sqrt(d)-sized rows times ~sqrt(1 + Var G) (Post-LN) or
     # ~α (DeepNorm): DeepNorm's are the larger ones
     d = r["settings"]["d_model"]
-    assert r["curves"]["deepnorm"]["ln_input"][0] > r["curves"]["post"]["ln_input"][0] > math.sqrt(d)
+    ln_input = {norm: r["curves"][norm]["ln_input"][0] for norm in ("deepnorm", "post")}
+    assert ln_input["deepnorm"] > ln_input["post"] > math.sqrt(d)
 
 
 def test_rms_vs_ln_training(tmp_path):
