@@ -1,4 +1,5 @@
-"""The seed tutorial's experiments, run on tinynorm: ``python -m demos list | all | NAME``.
+"""The seed tutorial's experiments, run on tinynorm:
+``python -m demos list | all | training | NAME``.
 
 Each demo is a module here with ``DESCRIPTION`` and
 ``main(quick=False, out="tinynorm-out", seed=0, backend="numpy") -> dict``; it prints a
@@ -8,20 +9,26 @@ from __future__ import annotations
 
 import importlib
 
-# The registry, in the order of the tutorial (and of ``python -m demos all``).
-DEMOS = (
+# The registry, in two groups. ``all`` runs the seed's experiments, in the order of the
+# tutorial (a few minutes on 2 cores); ``training`` runs the training experiments, each of
+# which trains many small models (up to 5 minutes each).
+SEED_DEMOS = (
     "gradient_flow",
     "activations",
     "layernorm_check",
     "norm_speed",
     "pre_vs_post",
     "gpt2_small",
-    # training experiments (issue 6): a small causal LM trained on the stdlib's own sources
+)
+# a small causal LM trained on the standard library's own sources
+TRAINING_DEMOS = (
     "warmup",
     "depth",
     "update_size",
     "rms_vs_ln_training",
 )
+GROUPS = {"all": SEED_DEMOS, "training": TRAINING_DEMOS}
+DEMOS = SEED_DEMOS + TRAINING_DEMOS
 
 
 def load(name: str):

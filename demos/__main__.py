@@ -1,5 +1,7 @@
-"""The demo runner: ``python -m demos list | all | NAME [--quick] [--backend numpy|cupy]
-[--out DIR] [--seed N]``, from the repository root."""
+"""The demo runner: ``python -m demos list | all | training | NAME [--quick]
+[--backend numpy|cupy] [--out DIR] [--seed N]``, from the repository root.
+
+``all`` runs the seed tutorial's experiments; ``training`` the training experiments."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +9,7 @@ import sys
 import time
 import traceback
 
-from . import DEMOS, load
+from . import DEMOS, GROUPS, load
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,7 +17,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m demos",
         description="Run the seed tutorial's experiments on tinynorm.",
     )
-    p.add_argument("command", help="'list', 'all', or a demo name: " + ", ".join(DEMOS))
+    p.add_argument("command", help="'list', 'all' (the seed's experiments), 'training' (the "
+                                   "training experiments), or a demo name: " + ", ".join(DEMOS))
     p.add_argument("--quick", action="store_true", help="small sizes, for a fast check (CI)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     p.add_argument("--out", default="tinynorm-out", help="folder for figures (default: %(default)s)")
@@ -70,10 +73,10 @@ def main(argv=None) -> int:
     except RuntimeError as err:
         print(f"--backend {args.backend}: {err}", file=sys.stderr)
         return 2
-    if args.command == "all":
-        return _run(DEMOS, args)
+    if args.command in GROUPS:
+        return _run(GROUPS[args.command], args)
     if args.command not in DEMOS:
-        print(f"unknown demo {args.command!r}; choose 'list', 'all' or one of: {', '.join(DEMOS)}",
+        print(f"unknown demo {args.command!r}; choose 'list', 'all', 'training' or one of: {', '.join(DEMOS)}",
               file=sys.stderr)
         return 2
     return _run([args.command], args)

@@ -136,3 +136,9 @@ def test_runner_runs_a_demo_and_summarizes(tmp_path, capsys):
     assert runner.main(["activations", "--quick", "--out", str(tmp_path), "--seed", "3"]) == 0
     out = capsys.readouterr().out
     assert "Verdict:" in out and (tmp_path / "activations.png").exists()
+
+
+def test_all_runs_the_seed_demos_and_training_the_training_ones():
+    assert demos.GROUPS["all"] == demos.DEMOS[:6]
+    assert demos.GROUPS["training"] == ("warmup", "depth", "update_size", "rms_vs_ln_training")
+    assert set(demos.GROUPS["all"]) | set(demos.GROUPS["training"]) == set(demos.DEMOS)
