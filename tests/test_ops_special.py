@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import tinynorm as tn
+from tinynorm.testing import gradcheck
+from tinynorm.testing.strategies import arrays, shapes
 
 F = tn.nn.functional
 
@@ -202,3 +206,34 @@ def test_gelu_in_threaded_blocks_equals_one_sweep(approximate):
                       else pointwise._gelu_tanh_backward)
     np.testing.assert_array_equal(y.data, one_sweep(x))
     np.testing.assert_array_equal(t.grad, one_sweep_grad(x, g))
+
+
+@given(arrays(shapes(max_dims=3)), st.sampled_from([0.1, 0.5, 0.9]))
+def test_dropout_gradcheck_with_a_fixed_mask(x, p):
+    """Dropout is random, but reseeding before every call fixes its mask, which makes it a
+    deterministic function that finite differences can check like any other."""
+    def dropout_with_fixed_mask(t):
+        tn.manual_seed(1234)
+        return tn.nn.functional.dropout(t, p, training=True)
+
+    assert gradcheck(dropout_with_fixed_mask, (tn.tensor(x, requires_grad=True),))
+
+
+def test_dropout_matches_pytorch_given_the_same_mask():
+    """PyTorch draws its mask from its own generator, so parity is checked on the mask
+    tinynorm drew: torch's x·m/(1 − p) and its gradient against tinynorm's, in float64."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 9))
+    g = rng.standard_normal((6, 9))
+    p = 0.3
+    tn.manual_seed(0)
+    t = tn.tensor(x, requires_grad=True)
+    y = tn.nn.functional.dropout(t, p)
+    y.backward(g)
+    mask = torch.tensor(y.data != 0)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tx * mask / (1 - p)
+    ty.backward(torch.tensor(g))
+    np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=0)
+    assert 0 < mask.float().mean() < 1  # the mask really drops some and keeps some
