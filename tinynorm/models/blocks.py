@@ -50,8 +50,9 @@ class TransformerBlockWithResiduals(nn.Module):
         return x
 
 
-class PostNormTransformerBlock(nn.Module):
-    """"Attention Is All You Need": add the sub-layer's output, then normalize."""
+class _NormedBlock(nn.Module):
+    """The layers, and names, that the seed's Post-Norm and Pre-Norm blocks share; the two
+    differ only in where ``forward`` places the norms."""
 
     def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
         super().__init__()
@@ -60,6 +61,10 @@ class PostNormTransformerBlock(nn.Module):
         self.feed_forward = _feed_forward(d_model, d_ff)
         self.norm2 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
+
+
+class PostNormTransformerBlock(_NormedBlock):
+    """"Attention Is All You Need": add the sub-layer's output, then normalize."""
 
     def forward(self, x):
         x = self.norm1(x + self.dropout(_self_attention(self.attention, x)))
@@ -67,16 +72,8 @@ class PostNormTransformerBlock(nn.Module):
         return x
 
 
-class PreNormTransformerBlock(nn.Module):
+class PreNormTransformerBlock(_NormedBlock):
     """GPT-2's layout: normalize the sub-layer's input, add its output to the raw stream."""
-
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
-        super().__init__()
-        self.attention = nn.MultiheadAttention(d_model, num_heads)  # the seed's: no attention dropout
-        self.norm1 = nn.LayerNorm(d_model)
-        self.feed_forward = _feed_forward(d_model, d_ff)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
         x = x + self.dropout(_self_attention(self.attention, self.norm1(x)))
