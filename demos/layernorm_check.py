@@ -27,21 +27,10 @@ def seed_torch_layer_norm(x: np.ndarray):
     """The tutorial's PyTorch class on the same input, or None without PyTorch."""
     try:
         import torch
+
+        from ._seed_torch import SeedLayerNorm
     except ImportError:
         return None
-
-    class SeedLayerNorm(torch.nn.Module):
-        def __init__(self, d_model, eps=1e-5):
-            super().__init__()
-            self.eps = eps
-            self.gamma = torch.nn.Parameter(torch.ones(d_model))
-            self.beta = torch.nn.Parameter(torch.zeros(d_model))
-
-        def forward(self, x):
-            mean = x.mean(dim=-1, keepdim=True)
-            var = x.var(dim=-1, keepdim=True, unbiased=False)
-            x_norm = (x - mean) / torch.sqrt(var + self.eps)
-            return self.gamma * x_norm + self.beta
 
     with torch.no_grad():
         return SeedLayerNorm(x.shape[-1])(torch.from_numpy(x)).numpy()

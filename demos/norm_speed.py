@@ -80,27 +80,7 @@ def torch_contenders(shape, device: str):
     """The seed's PyTorch classes and PyTorch's built-ins, or {} without PyTorch."""
     import torch
 
-    class SeedLayerNorm(torch.nn.Module):
-        def __init__(self, d_model, eps=1e-5):
-            super().__init__()
-            self.eps = eps
-            self.gamma = torch.nn.Parameter(torch.ones(d_model))
-            self.beta = torch.nn.Parameter(torch.zeros(d_model))
-
-        def forward(self, x):
-            mean = x.mean(dim=-1, keepdim=True)
-            var = x.var(dim=-1, keepdim=True, unbiased=False)
-            return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
-
-    class SeedRMSNorm(torch.nn.Module):
-        def __init__(self, d_model, eps=1e-5):
-            super().__init__()
-            self.eps = eps
-            self.weight = torch.nn.Parameter(torch.ones(d_model))
-
-        def forward(self, x):
-            rms = torch.sqrt(torch.mean(x ** 2, dim=-1, keepdim=True) + self.eps)
-            return self.weight * (x / rms)
+    from ._seed_torch import SeedLayerNorm, SeedRMSNorm
 
     d = shape[-1]
     x = torch.randn(*shape, device=device)
