@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import tinynorm as tn  # noqa: E402
-from benchmarks.harness import interleaved, ms, table  # noqa: E402
+from benchmarks.harness import interleaved, ms, table, torch_saved_bytes  # noqa: E402
 
 SDPA_SHAPE = (2, 12, 512, 64)
 MHA_BATCH, MHA_LENGTH, MHA_EMBED, MHA_HEADS = 2, 256, 768, 12
@@ -61,23 +61,6 @@ def tinynorm_saved_bytes(output, exclude) -> int:
                 buffers[id(_root(a))] = _root(a).nbytes
         stack.extend(getattr(e, "node", None) for e in node.edges)
     return sum(buffers.values())
-
-
-def torch_saved_bytes(run, exclude) -> int:
-    """Bytes of the storages PyTorch saves for backward while ``run()`` records its graph."""
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = run()
-    del out
-    return sum(storages.values())
 
 
 # ---- contenders --------------------------------------------------------------------------

@@ -43,3 +43,23 @@ def _fmt(v) -> str:
 
 def ms(seconds: float) -> float:
     return round(seconds * 1e3, 3)
+
+
+def torch_saved_bytes(run, exclude) -> int:
+    """Bytes of the storages PyTorch saves for backward while ``run()`` records its graph,
+    leaving out the storages of ``exclude`` (the inputs and parameters)."""
+    import torch
+
+    excluded = {t.untyped_storage().data_ptr() for t in exclude}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    del out
+    return sum(storages.values())

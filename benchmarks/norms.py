@@ -33,28 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import tinynorm as tn  # noqa: E402
-from benchmarks.harness import interleaved, ms, table  # noqa: E402
+from benchmarks.harness import interleaved, ms, table, torch_saved_bytes  # noqa: E402
 from tinynorm.ops import set_num_threads  # noqa: E402
 
 SHAPES = ((8192, 768), (16384, 1024))
 EPS = 1e-5
 KIB = 1024.0
-
-
-def torch_saved_bytes(run, exclude) -> int:
-    """Bytes of the storages PyTorch saves for backward while ``run()`` records its graph."""
-    excluded = {t.untyped_storage().data_ptr() for t in exclude}
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(storages.values())
 
 
 def tinynorm_saved_bytes(output, exclude) -> int:
