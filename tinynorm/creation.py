@@ -110,10 +110,9 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
                   requires_grad=requires_grad)
 
 
-def _like(fn, t: Tensor, dtype, requires_grad, *args):
-    return fn(*args, *t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad) \
-        if args == () else fn(t.shape, *args, dtype=dtype or t.dtype, device=t.device,
-                              requires_grad=requires_grad)
+def _like(fn, t: Tensor, dtype, requires_grad):
+    """``fn`` (a maker taking a shape) with t's shape, device and, unless given, dtype."""
+    return fn(t.shape, dtype=dtype or t.dtype, device=t.device, requires_grad=requires_grad)
 
 
 def zeros_like(t, dtype=None, requires_grad=False):
@@ -137,4 +136,5 @@ def rand_like(t, dtype=None, requires_grad=False):
 
 
 def full_like(t, fill_value, dtype=None, requires_grad=False):
-    return _like(full, t, dtype, requires_grad, fill_value)
+    return full(t.shape, fill_value, dtype=dtype or t.dtype, device=t.device,
+                requires_grad=requires_grad)

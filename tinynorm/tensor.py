@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from . import backend
 
-_FLOAT_KINDS = "f"
-
-
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
@@ -70,7 +67,7 @@ class Tensor:
         return self.shape[0]
 
     def requires_grad_(self, requires_grad: bool = True) -> "Tensor":
-        if requires_grad and self.data.dtype.kind not in _FLOAT_KINDS:
+        if requires_grad and self.data.dtype.kind != "f":
             raise RuntimeError(
                 f"only floating-point tensors can require gradients; got dtype {self.dtype}"
             )
