@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import backend
 
+
 class Tensor:
     """An n-dimensional array that can record the operations applied to it.
 
