@@ -278,6 +278,24 @@ def test_fused_layer_norm_refines_the_mean_like_the_op():
         assert err < 2e-6, f"μ = {mu:g}: x̂ off by {err:.2e}"
 
 
+def run_op(op, arrays, fused):
+    """The user-facing op (Tensor in, .backward(dy)) with the fused kernels on or off: its
+    output and every gradient, for comparing the fused path with the reference path."""
+    F = tn.nn.functional
+    x, w, b, dy = arrays
+    tx, tw, tb = (tn.Tensor(a, requires_grad=True) for a in (x, w, b))
+    n = x.shape[-1]
+    with kernels.fused(fused):
+        if op == "layer_norm":
+            y = F.layer_norm(tx, (n,), tw, tb, EPS)
+        elif op == "rms_norm":
+            y = F.rms_norm(tx, (n,), tw, EPS)
+        else:
+            y = tn.softmax(tx, -1)
+        y.backward(dy)
+    return {"y": y.data, "dx": tx.grad, "dweight": tw.grad, "dbias": tb.grad}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(2, 3, 37), (4, 4097), (1, 1)])
@@ -285,24 +303,11 @@ def test_fused_layer_norm_refines_the_mean_like_the_op():
 def test_ops_on_cupy_fused_match_the_reference_path(op, shape, dtype):
     """The user-facing ops (Tensor in, .backward()) with kernels on vs off, on the GPU."""
     cp = tn.backend.module("cupy")
-    F = tn.nn.functional
     rows, n = int(np.prod(shape[:-1])), shape[-1]
     x, w, b, dy = (cp.asarray(a) for a in inputs(rows, n, dtype, seed=11))
-    x, dy = x.reshape(shape), dy.reshape(shape)
+    arrays = (x.reshape(shape), w, b, dy.reshape(shape))
 
-    def run(fused):
-        tx, tw, tb = (tn.Tensor(a, requires_grad=True) for a in (x, w, b))
-        with kernels.fused(fused):
-            if op == "layer_norm":
-                y = F.layer_norm(tx, (n,), tw, tb, EPS)
-            elif op == "rms_norm":
-                y = F.rms_norm(tx, (n,), tw, EPS)
-            else:
-                y = tn.softmax(tx, -1)
-            y.backward(dy)
-        return {"y": y.data, "dx": tx.grad, "dweight": tw.grad, "dbias": tb.grad}
-
-    fused, reference = run(True), run(False)
+    fused, reference = run_op(op, arrays, True), run_op(op, arrays, False)
     for name, want in reference.items():
         got = fused[name]
         assert (got is None) == (want is None), name

@@ -11,7 +11,7 @@ import pytest
 
 from cuda_emulator import EMULATED_CUPY, LAUNCHED, EmulatedModule, _poisoned, on_gpu
 from test_gpu import (EPS, assert_matches, inputs, ref_layer_norm, ref_rms_norm,
-                      ref_softmax)
+                      ref_softmax, run_op)
 from tinynorm import backend, kernels
 from tinynorm.kernels import _cuda
 
@@ -164,24 +164,6 @@ def test_layer_norm_refines_the_mean_like_the_op(emulated):
 
 
 # ---- the ops' dispatch, on emulated kernels ---------------------------------------------
-def _run_op(op, arrays, fused):
-    import tinynorm as tn
-
-    F = tn.nn.functional
-    x, w, b, dy = arrays
-    tx, tw, tb = (tn.Tensor(a, requires_grad=True) for a in (x, w, b))
-    n = x.shape[-1]
-    with kernels.fused(fused):
-        if op == "layer_norm":
-            y = F.layer_norm(tx, (n,), tw, tb, EPS)
-        elif op == "rms_norm":
-            y = F.rms_norm(tx, (n,), tw, EPS)
-        else:
-            y = tn.softmax(tx, -1)
-        y.backward(dy)
-    return {"y": y.data, "dx": tx.grad, "dweight": tw.grad, "dbias": tb.grad}
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("shape", [(2, 3, 37), (4, 4097), (1, 1)])
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "softmax"])
@@ -190,10 +172,10 @@ def test_ops_take_the_fused_path_and_match_their_reference(emulated, op, shape, 
     x, w, b, dy = inputs(rows, n, dtype, seed=11)
     arrays = [on_gpu(x.reshape(shape)), on_gpu(w), on_gpu(b), on_gpu(dy.reshape(shape))]
     LAUNCHED.clear()
-    fused = _run_op(op, arrays, True)
+    fused = run_op(op, arrays, True)
     launched = list(LAUNCHED)
     LAUNCHED.clear()
-    reference = _run_op(op, arrays, False)
+    reference = run_op(op, arrays, False)
     assert not LAUNCHED, f"kernels launched with tinynorm.kernels.fused(False): {LAUNCHED}"
     assert any(name.startswith(op) for name in launched), f"{op}: launched {launched}"
     for name, want in reference.items():
