@@ -16,32 +16,10 @@ from tinynorm.nn import functional as F
 from tinynorm.ops import attention as attention_ops
 from tinynorm.ops.attention import attention_with_weights
 from tinynorm.testing import assert_close, gradcheck
+from torch_pairs import close, host, leaf_pair, mask_pair
 from tinynorm.testing.strategies import attention_inputs
 
-RTOL, ATOL = 1e-10, 1e-12
 rng = np.random.default_rng(1234)
-
-
-def host(x):
-    return tn.backend.to_numpy(x.data if isinstance(x, tn.Tensor) else x)
-
-
-def close(ours, theirs):
-    expected = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
-    assert_close(ours, expected, rtol=RTOL, atol=ATOL)
-
-
-def leaf_pair(a):
-    """The same float64 array as a tinynorm leaf and a torch leaf, both requiring grad."""
-    return tn.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
-
-
-def mask_pair(mask):
-    if mask is None:
-        return None, None
-    if mask.dtype == bool:
-        return tn.tensor(mask), torch.tensor(mask)
-    return leaf_pair(mask)
 
 
 def float_causal(length, source):

@@ -12,33 +12,11 @@ from hypothesis import strategies as st
 
 import tinynorm as tn
 from tinynorm import nn
-from tinynorm.testing import assert_close, gradcheck
+from tinynorm.testing import gradcheck
+from torch_pairs import close, host, leaf_pair, mask_pair
 from tinynorm.testing.strategies import arrays
 
-RTOL, ATOL = 1e-10, 1e-12
 rng = np.random.default_rng(4321)
-
-
-def host(x):
-    return tn.backend.to_numpy(x.data if isinstance(x, tn.Tensor) else x)
-
-
-def close(ours, theirs):
-    expected = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
-    assert_close(ours, expected, rtol=RTOL, atol=ATOL)
-
-
-def leaf_pair(a):
-    """The same float64 array as a tinynorm leaf and a torch leaf, both requiring grad."""
-    return tn.tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
-
-
-def mask_pair(mask):
-    if mask is None:
-        return None, None
-    if mask.dtype == bool:
-        return tn.tensor(mask), torch.tensor(mask)
-    return leaf_pair(mask)
 
 
 def module_pair(embed_dim, num_heads, **kwargs):
