@@ -16,8 +16,9 @@ from tinynorm.nn import functional as F
 from tinynorm.ops import attention as attention_ops
 from tinynorm.ops.attention import attention_with_weights
 from tinynorm.testing import assert_close, gradcheck
-from torch_pairs import close, host, leaf_pair, mask_pair
 from tinynorm.testing.strategies import attention_inputs
+
+from torch_pairs import close, host, leaf_pair, mask_pair
 
 rng = np.random.default_rng(1234)
 

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 import tinynorm as tn
 from tinynorm import nn
 from tinynorm.testing import gradcheck
-from torch_pairs import close, host, leaf_pair, mask_pair
 from tinynorm.testing.strategies import arrays
+
+from torch_pairs import close, host, leaf_pair, mask_pair
 
 rng = np.random.default_rng(4321)
 
