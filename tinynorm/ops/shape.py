@@ -9,7 +9,7 @@ import math
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import normalize_dim
+from ._adjoint import normalize_dim, unbroadcast
 
 
 def _sizes(shape):
@@ -42,12 +42,12 @@ class Permute(Function):
 
     @staticmethod
     def forward(ctx, x, dims):
-        if sorted(normalize_dim("permute", d, x.ndim) for d in dims) != list(range(x.ndim)):
+        axes = tuple(normalize_dim("permute", d, x.ndim) for d in dims)
+        if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"permute: dims {dims} are not a permutation of the {x.ndim} dims of "
                              f"a tensor of shape {x.shape}")
-        dims = tuple(normalize_dim("permute", d, x.ndim) for d in dims)
-        ctx.dims = dims
-        return x.transpose(dims)
+        ctx.dims = axes
+        return x.transpose(axes)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -77,8 +77,6 @@ class Expand(Function):
     @staticmethod
     def backward(ctx, grad_out):
         """The adjoint of broadcasting is summation over the copies (``unbroadcast``)."""
-        from ._adjoint import unbroadcast
-
         return unbroadcast(grad_out, ctx.shape), None
 
 
@@ -155,10 +153,10 @@ class Split(Function):
     @staticmethod
     def forward(ctx, x, sizes, dim):
         d = normalize_dim("split", dim, x.ndim)
-        if builtin_sum(sizes) != x.shape[d]:
+        if sum(sizes) != x.shape[d]:
             raise ValueError(f"split: sizes {list(sizes)} do not add up to {x.shape[d]}, the size of "
                              f"dim {dim} of a tensor of shape {x.shape}")
-        ctx.dim, ctx.shape, ctx.dtype = d, x.shape, x.dtype
+        ctx.dim = d
         bounds, index, pieces = 0, [slice(None)] * x.ndim, []
         for n in sizes:
             index[d] = slice(bounds, bounds + n)
@@ -168,12 +166,10 @@ class Split(Function):
 
     @staticmethod
     def backward(ctx, *grad_outs):
-        """Splitting's adjoint is concatenation: dx = cat(grad_outs, dim). Saves shapes only."""
+        """Splitting's adjoint is concatenation: dx = cat(grad_outs, dim). Saves the dim only
+        (the engine fills an unused piece's gradient with zeros of its shape)."""
         xp = backend.array_module(*grad_outs)
         return xp.concatenate(grad_outs, axis=ctx.dim), None, None
-
-
-builtin_sum = sum
 
 
 def reshape(x, *shape):
