@@ -185,12 +185,13 @@ class Function:
 
     @classmethod
     def apply(cls, *args):
+        arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
         # mixing devices is an error, raised here once for every op
-        xp = backend.array_module(*(a.data if isinstance(a, Tensor) else a for a in args), op=cls.__name__)
+        xp = backend.array_module(*arrays, op=cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _grad_enabled and any(needs)
         ctx = Context(cls, needs, record)
-        out = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args))
+        out = cls.forward(ctx, *arrays)
         multiple = isinstance(out, tuple)
         # NumPy reductions and ufuncs on 0-d arrays return scalars; a Tensor always holds an array
         outs = tuple(o if backend.is_array(o) else xp.asarray(o) for o in (out if multiple else (out,)))
