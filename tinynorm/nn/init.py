@@ -102,14 +102,21 @@ def xavier_normal_(tensor, gain: float = 1.0):
     return normal_(tensor, 0.0, std)
 
 
-def kaiming_uniform_(tensor, a: float = 0, mode: str = "fan_in",
-                     nonlinearity: str = "leaky_relu"):
-    """U(−bound, bound) with bound = √3 · gain / √fan (He et al., 2015)."""
+def _kaiming_std(tensor, a: float, mode: str, nonlinearity: str):
+    """std = gain / √fan (He et al., 2015); None, with PyTorch's warning, when ``tensor``
+    has no elements (there is nothing to fill, and its fan may be 0)."""
     if 0 in tensor.shape:
         warnings.warn("Initializing zero-element tensors is a no-op")
+        return None
+    return calculate_gain(nonlinearity, a) / math.sqrt(_calculate_correct_fan(tensor, mode))
+
+
+def kaiming_uniform_(tensor, a: float = 0, mode: str = "fan_in",
+                     nonlinearity: str = "leaky_relu"):
+    """U(−bound, bound) with bound = √3 · std, std = gain / √fan (He et al., 2015)."""
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
+    if std is None:
         return tensor
-    fan = _calculate_correct_fan(tensor, mode)
-    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
     bound = math.sqrt(3.0) * std
     return uniform_(tensor, -bound, bound)
 
@@ -117,9 +124,7 @@ def kaiming_uniform_(tensor, a: float = 0, mode: str = "fan_in",
 def kaiming_normal_(tensor, a: float = 0, mode: str = "fan_in",
                     nonlinearity: str = "leaky_relu"):
     """N(0, std²) with std = gain / √fan."""
-    if 0 in tensor.shape:
-        warnings.warn("Initializing zero-element tensors is a no-op")
+    std = _kaiming_std(tensor, a, mode, nonlinearity)
+    if std is None:
         return tensor
-    fan = _calculate_correct_fan(tensor, mode)
-    std = calculate_gain(nonlinearity, a) / math.sqrt(fan)
     return normal_(tensor, 0.0, std)
