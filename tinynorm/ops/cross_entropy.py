@@ -99,7 +99,8 @@ class CrossEntropy(Function):
         else:
             a = xp.broadcast_to(grad_out, (rows,))
         if eps > 0:
-            weight_sum = weight.sum() if weight is not None else classes
+            # in p's dtype: a Python int times the bool mask would make Q, hence dx, float64
+            weight_sum = weight.sum() if weight is not None else p.dtype.type(classes)
             Q = (1 - eps) * w_t + (eps / classes) * weight_sum * valid
         else:
             Q = w_t
