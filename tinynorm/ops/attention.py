@@ -22,8 +22,9 @@ from ._adjoint import broadcast_shape, unbroadcast
 OP = "scaled_dot_product_attention"
 
 
-def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal):
-    """The shapes and dtypes PyTorch accepts; anything else raises, naming what was expected."""
+def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal) -> tuple:
+    """The broadcast batch shape of q, k and v, after checking the shapes and dtypes PyTorch
+    accepts; anything else raises, naming what was expected."""
     for name, a in (("query", q), ("key", k), ("value", v)):
         if a.ndim < 2:
             raise ValueError(f"{OP}: {name} needs at least 2 dims (..., length, features), "
@@ -52,6 +53,7 @@ def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal):
                              f"the scores' shape {scores_shape} (batch..., L, S)")
     if not 0.0 <= dropout_p <= 1.0:
         raise ValueError(f"{OP}: dropout_p has to be between 0 and 1, got {dropout_p}")
+    return batch
 
 
 BLOCK_ROWS = 128  # causal attention runs over blocks of this many query rows
@@ -142,10 +144,9 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def forward(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, return_weights, recompute):
-        _check_inputs(q, k, v, attn_mask, dropout_p, is_causal)
+        batch = _check_inputs(q, k, v, attn_mask, dropout_p, is_causal)
         xp = backend.array_module(q, k, v, attn_mask)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        batch = broadcast_shape(OP, q.shape[:-2], k.shape[:-2], v.shape[:-2])
         length, source = q.shape[-2], k.shape[-2]
         probs, lse = _probabilities(q, k, attn_mask, is_causal, scale, batch + (length, source))
         keep = None
