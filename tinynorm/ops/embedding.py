@@ -59,8 +59,9 @@ def embedding(input, weight, padding_idx=None):
         raise TypeError(f"embedding: indices must be an integer tensor, got "
                         f"{getattr(idx, 'dtype', type(idx).__name__)}")
     num = w.shape[0]
-    if idx.size and (bool(idx.min() < 0) or bool(idx.max() >= num)):
-        bad = int(idx.min()) if bool(idx.min() < 0) else int(idx.max())
+    lowest, highest = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
+    if lowest < 0 or highest >= num:
+        bad = lowest if lowest < 0 else highest
         raise IndexError(f"embedding: index {bad} is out of range for a table of {num} rows "
                          f"(expected 0 to {num - 1}; indices of shape {tuple(idx.shape)})")
     padding_idx = _normalize_padding_idx(padding_idx, num)
