@@ -143,6 +143,16 @@ def save(fig, out: str, name: str) -> str:
     return path
 
 
+def outcome(checks: dict):
+    """``verdict``'s ``holds`` from named checks: True if every one passed, False if none
+    did, otherwise a "claim holds in part" line saying which did."""
+    passed = sum(checks.values())
+    if passed in (0, len(checks)):
+        return passed == len(checks)
+    return (f"claim holds in part ({passed} of {len(checks)}: "
+            + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()) + ")")
+
+
 def verdict(claim: str, holds, measured: str) -> str:
     """Print the seed's claim and a one-line verdict; return the verdict line.
 

@@ -110,10 +110,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
               "DeepNorm trains at every depth": trains["DeepNorm"] == list(s["depths"])}
     measured = "; ".join(f"{name} trains at {', '.join(map(str, d)) or 'no depth'}"
                          for name, d in trains.items())
-    passed = sum(checks.values())
-    outcome = (True if passed == len(checks) else False if passed == 0 else
-               f"claim holds in part ({passed} of {len(checks)}: "
-               + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()) + ")")
+    outcome = C.outcome(checks)
     line = C.verdict("deep models without residual connections and normalisation simply "
                      "would not train; with residuals and (Pre-)LayerNorm, or DeepNorm, they do",
                      outcome, measured)

@@ -119,10 +119,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
               all(speed(v) == "faster" for v in ratios.values()),
               f"RMSNorm trains as well (mean val loss within {SAME_LOSS} nats)":
               abs(loss_gap) < SAME_LOSS}
-    passed = sum(checks.values())
-    outcome = (True if passed == len(checks) else False if passed == 0 else
-               f"claim holds in part ({passed} of {len(checks)}: "
-               + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()) + ")")
+    outcome = C.outcome(checks)
     measured = ("RMS/LN time per step " + ", ".join(f"{k}: {v:.3f} ({speed(v)})"
                                                     for k, v in ratios.items())
                 + f"; mean val loss RMS - LN = {loss_gap:+.3f} nats")

@@ -131,10 +131,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
               first["deepnorm"] < first["post"],
               "Post-LN's LayerNorm inputs grow more than DeepNorm's":
               growth["post"] > growth["deepnorm"]}
-    passed = sum(checks.values())
-    outcome = (True if passed == len(checks) else False if passed == 0 else
-               f"claim holds in part ({passed} of {len(checks)}: "
-               + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()) + ")")
+    outcome = C.outcome(checks)
     measured = (f"||dF|| after the first step: Post-LN {first['post']:.3g}, DeepNorm "
                 f"{first['deepnorm']:.3g}, Pre-LN {first['pre']:.3g}; largest over {s['steps']} "
                 f"steps: Post-LN {max_update['post']:.3g}, DeepNorm {max_update['deepnorm']:.3g}, "

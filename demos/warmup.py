@@ -100,10 +100,7 @@ def verdict(s: dict, summary: dict, entropy: float):
                 f"largest warm-up effect on its mean loss {pre_gap:.3f} nats; {control}-layer "
                 f"control stalls Post-LN {control_stalls['post']}, Pre-LN {control_stalls['pre']}, "
                 f"largest Post-vs-Pre gap {control_gap:.3f} nats")
-    passed = sum(checks.values())
-    outcome = (True if passed == len(checks) else False if passed == 0 else
-               f"claim holds in part ({passed} of {len(checks)}: "
-               + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()) + ")")
+    outcome = C.outcome(checks)
     return checks, measured, outcome
 
 
