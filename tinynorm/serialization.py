@@ -211,7 +211,7 @@ def _array(path: str, arrays: dict, key: str):
 def _model_state(path: str, saved: dict, arrays: dict, model) -> dict:
     """The model's state_dict from the file, checked against ``model``: keys, shapes and
     dtypes must all match (a dtype change would break a bit-identical resume)."""
-    current = model.state_dict()
+    current = model.state_dict(keep_vars=True)  # the Tensors: only shapes and dtypes are read
     missing = [k for k in current if k not in saved]
     unexpected = [k for k in saved if k not in current]
     if missing or unexpected:
