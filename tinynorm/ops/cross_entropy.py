@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import backend
 from ..autograd import Function
+from ..tensor import Tensor
 from ._adjoint import require_float
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -123,8 +124,6 @@ def cross_entropy(input, target, weight=None, ignore_index: int = -100,
     Difference from PyTorch: target must hold class indices; class-probability targets
     are not supported.
     """
-    from ..tensor import Tensor
-
     if reduction not in REDUCTIONS:
         raise ValueError(f"cross_entropy: reduction={reduction!r} is not valid; expected one of "
                          f"{REDUCTIONS}")
