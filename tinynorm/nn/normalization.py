@@ -20,6 +20,15 @@ def _as_shape(normalized_shape) -> tuple:
     return tuple(int(s) for s in normalized_shape)
 
 
+def _register_affine(module, name: str, present: bool, device, dtype) -> None:
+    """``module.<name>``: a Parameter of ``module.normalized_shape`` (``reset_parameters``
+    fills it), or None when ``present`` is false, as PyTorch registers it."""
+    param = None
+    if present:
+        param = Parameter(empty(*module.normalized_shape, dtype=dtype, device=device))
+    module.register_parameter(name, param)
+
+
 class LayerNorm(Module):
     """y = (x − μ) / √(σ² + eps) · weight + bias over the trailing dims ``normalized_shape``.
 
@@ -33,15 +42,8 @@ class LayerNorm(Module):
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(empty(*self.normalized_shape, dtype=dtype, device=device))
-            if bias:
-                self.bias = Parameter(empty(*self.normalized_shape, dtype=dtype, device=device))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        _register_affine(self, "weight", elementwise_affine, device, dtype)
+        _register_affine(self, "bias", elementwise_affine and bias, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -71,10 +73,7 @@ class RMSNorm(Module):
         self.normalized_shape = _as_shape(normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
-        if elementwise_affine:
-            self.weight = Parameter(empty(*self.normalized_shape, dtype=dtype, device=device))
-        else:
-            self.register_parameter("weight", None)
+        _register_affine(self, "weight", elementwise_affine, device, dtype)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
