@@ -211,21 +211,16 @@ def _torch_call(torch, op, tx, tw, tb, tdy):
     return y, torch.autograd.grad(y, (tx,), tdy)
 
 
-def _has_op(op) -> bool:
-    return op == "softmax" or hasattr(tn.nn.functional, op)
-
-
 def measure(cp, torch, op, shape, repeat) -> list:
     """One row per contender: median ms of fwd+bwd, effective GB/s, ratio to torch."""
     x, w, b, dy = _inputs(cp, shape)
-    contenders = {"fused kernels": lambda: _fused_call(op, x, w, b, dy)}
-    if _has_op(op):
-        contenders["tinynorm fused"] = lambda: _tinynorm_call(op, x, w, b, dy)
+    def unfused():
+        with kernels.fused(False):
+            return _tinynorm_call(op, x, w, b, dy)
 
-        def unfused():
-            with kernels.fused(False):
-                return _tinynorm_call(op, x, w, b, dy)
-        contenders["tinynorm unfused"] = unfused
+    contenders = {"fused kernels": lambda: _fused_call(op, x, w, b, dy),
+                  "tinynorm fused": lambda: _tinynorm_call(op, x, w, b, dy),
+                  "tinynorm unfused": unfused}
     if torch is not None:
         # the same device memory, shared through DLPack: no copies, same inputs
         tx, tw, tb, tdy = (torch.from_dlpack(a) for a in (x, w, b, dy))
