@@ -155,15 +155,22 @@ def to_numpy(a):
     return numpy.asarray(a)
 
 
+def backend_of(device: str | None, op: str = "tinynorm") -> str:
+    """The backend whose arrays live on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``;
+    None: the current backend), or a ValueError naming ``op``."""
+    if device is None:
+        return _current
+    d = str(device)
+    if d.startswith("cuda"):
+        return "cupy"
+    if d.startswith("cpu"):
+        return "numpy"
+    raise ValueError(f"{op}: unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
 def asarray(data, dtype=None, device: str | None = None):
     """``data`` as an array on ``device`` (``"cpu"``/``"cuda"``; None: the current backend)."""
-    if device is None:
-        name = _current
-    else:
-        name = "cupy" if str(device).startswith("cuda") else "numpy"
-        if not str(device).startswith(("cpu", "cuda")):
-            raise ValueError(f"tinynorm: unknown device {device!r}; expected 'cpu' or 'cuda'")
-    if name == "numpy":
+    if backend_of(device) == "numpy":
         return numpy.asarray(to_numpy(data), dtype=dtype)
     return _load_cupy().asarray(data, dtype=dtype)
 

@@ -10,14 +10,7 @@ from .tensor import Tensor
 
 
 def _xp(device):
-    if device is None:
-        return backend.xp()
-    d = str(device)
-    if d.startswith("cuda"):
-        return backend.module("cupy")
-    if d.startswith("cpu"):
-        return backend.module("numpy")
-    raise ValueError(f"tinynorm: unknown device {device!r}; expected 'cpu' or 'cuda'")
+    return backend.module(backend.backend_of(device))
 
 
 def _size(size):

@@ -5,13 +5,6 @@ from .. import backend
 from ..autograd import Function
 
 
-def _device_name(device) -> str:
-    d = str(device)
-    if not d.startswith(("cpu", "cuda")):
-        raise ValueError(f"to: unknown device {device!r}; expected 'cpu' or 'cuda'")
-    return "cpu" if d.startswith("cpu") else "cuda"
-
-
 class Cast(Function):
     """y = x as ``dtype`` on ``device`` (either may be None: unchanged)."""
 
@@ -19,8 +12,8 @@ class Cast(Function):
     def forward(ctx, x, dtype, device):
         ctx.dtype, ctx.device = x.dtype, backend.device_of(x)
         y = x
-        if device is not None and _device_name(device) != _device_name(ctx.device):
-            y = backend.asarray(y, device=_device_name(device))
+        if device is not None and backend.backend_of(device) != backend.backend_of(ctx.device):
+            y = backend.asarray(y, device=device)
         if dtype is not None and y.dtype != dtype:
             y = y.astype(dtype)
         return y
@@ -29,8 +22,8 @@ class Cast(Function):
     def backward(ctx, grad_out):
         """The identity on values: dx = grad_out moved back to x's dtype and device."""
         g = grad_out
-        if _device_name(backend.device_of(g)) != _device_name(ctx.device):
-            g = backend.asarray(g, device=_device_name(ctx.device))
+        if backend.backend_of(backend.device_of(g)) != backend.backend_of(ctx.device):
+            g = backend.asarray(g, device=ctx.device)
         return g.astype(ctx.dtype, copy=False), None, None
 
 
@@ -38,6 +31,6 @@ def cast(x, dtype=None, device=None):
     if dtype is not None:
         dtype = backend.numpy_dtype(dtype)
     if (dtype is None or dtype == x.dtype) and (
-            device is None or _device_name(device) == _device_name(x.device)):
+            device is None or backend.backend_of(device, op="to") == backend.backend_of(x.device)):
         return x
     return Cast.apply(x, dtype, device)
