@@ -74,7 +74,8 @@ class Adam(Optimizer):
             bias_correction1 = 1 - beta1 ** t
             bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)
             step_size = lr / bias_correction1
-            denom = xp.sqrt(v_hat) / bias_correction2_sqrt
+            denom = xp.sqrt(v_hat)  # the one new array of the denominator, then in place
+            denom /= bias_correction2_sqrt
             denom += eps
             p.data -= step_size * (m / denom)
 
