@@ -15,8 +15,8 @@ class Where(Function):
         if not backend.is_array(cond) or cond.dtype.kind != "b":
             raise TypeError(f"where: condition must be a bool tensor, got "
                             f"{getattr(cond, 'dtype', type(cond).__name__)}")
-        broadcast_shape("where", cond.shape, getattr(a, "shape", ()), getattr(b, "shape", ()))
         ctx.shapes = (getattr(a, "shape", ()), getattr(b, "shape", ()))
+        broadcast_shape("where", cond.shape, *ctx.shapes)
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
         return xp.where(cond, a, b)
