@@ -15,8 +15,8 @@ from math import prod
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_block_rows, as_rows, check_norm_args, for_each_block, outer,
-                    outer_factor, row_blocks, row_dot)
+from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
+                    for_each_block, outer, outer_factor, row_blocks, row_dot)
 
 
 class LayerNorm(Function):
@@ -134,8 +134,8 @@ class LayerNorm(Function):
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
         dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
         dx_rows = dx.reshape(rows, n) if need_x else None
-        dgamma_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_gamma else None
-        dbeta_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_beta else None
+        dgamma_parts = column_parts(blocks, n, xp, need_gamma)
+        dbeta_parts = column_parts(blocks, n, xp, need_beta)
 
         def backward_block(k, rows_k):
             dy_k, r = dy[rows_k], rstd[rows_k]
@@ -159,11 +159,8 @@ class LayerNorm(Function):
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
         for_each_block(blocks, n, on_cpu, backward_block)
-        dgamma = None if not need_gamma else (
-            dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
-        dbeta = None if not need_beta else (
-            dbeta_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
-        return dx, None, dgamma, dbeta, None
+        return (dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype),
+                column_total(dbeta_parts, ctx.shape, x_rows.dtype), None)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):

@@ -16,8 +16,8 @@ from math import prod
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_rows, check_norm_args, for_each_block, outer, outer_factor, row_blocks,
-                    row_dot)
+from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block, outer,
+                    outer_factor, row_blocks, row_dot)
 
 
 class RMSNorm(Function):
@@ -112,7 +112,7 @@ class RMSNorm(Function):
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
         dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
         dx_rows = dx.reshape(rows, n) if need_x else None
-        dgamma_parts = xp.zeros((len(blocks), n), dtype=backend.float64) if need_gamma else None
+        dgamma_parts = column_parts(blocks, n, xp, need_gamma)
 
         def backward_block(k, rows_k):
             dy_k, x_k, r = dy[rows_k], x_rows[rows_k], rstd[rows_k]
@@ -128,9 +128,7 @@ class RMSNorm(Function):
             xp.subtract(dx_k, dy_x, out=dx_k)  # − x·r³·mean(g·x)
 
         for_each_block(blocks, n, on_cpu, backward_block)
-        dgamma = None if not need_gamma else (
-            dgamma_parts.sum(axis=0).reshape(ctx.shape).astype(x_rows.dtype))
-        return dx, None, dgamma, None
+        return dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype), None
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
