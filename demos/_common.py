@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
+import tracemalloc
 
 import numpy as np
 
@@ -66,9 +68,6 @@ class timed_peak_memory:
         self.seconds = self.peak_bytes = None
 
     def __enter__(self):
-        import time
-        import tracemalloc
-
         if self.backend == "cupy":
             import cupy
 
@@ -82,9 +81,6 @@ class timed_peak_memory:
         return self
 
     def __exit__(self, *exc):
-        import time
-        import tracemalloc
-
         if self.backend == "cupy":
             import cupy
 
