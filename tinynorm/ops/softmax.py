@@ -14,17 +14,15 @@ class Softmax(Function):
     def forward(ctx, x, dim):
         require_float("softmax", x)
         d = normalize_dim("softmax", dim, x.ndim)
-        if d == x.ndim - 1 and kernels.use_fused(x):  # CUDA kernel: same maths, saves y
+        if d == x.ndim - 1 and kernels.use_fused(x):  # CUDA kernel: same maths
             y = kernels.softmax_forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-            ctx.dim = d
-            ctx.save_for_backward(y)
-            return y
-        xp = backend.array_module(x)
-        e = xp.exp(x - x.max(axis=d, keepdims=True)) if x.size else x.copy()
-        e /= e.sum(axis=d, keepdims=True)
+        else:
+            xp = backend.array_module(x)
+            y = xp.exp(x - x.max(axis=d, keepdims=True)) if x.size else x.copy()
+            y /= y.sum(axis=d, keepdims=True)
         ctx.dim = d
-        ctx.save_for_backward(e)
-        return e
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
