@@ -1,6 +1,8 @@
 """Reductions: sum, mean, max (values)."""
 from __future__ import annotations
 
+import math
+
 from .. import backend
 from ..autograd import Function
 from ._adjoint import reduction_axes
@@ -38,10 +40,7 @@ class Mean(Function):
     def forward(ctx, x, dim=None, keepdim=False):
         axes = reduction_axes("mean", dim, x.ndim)
         ctx.axes, ctx.shape = axes, x.shape
-        n = 1
-        for a in axes:
-            n *= x.shape[a]
-        ctx.n = n
+        ctx.n = math.prod(x.shape[a] for a in axes)
         return x.mean(axis=axes, keepdims=keepdim)
 
     @staticmethod
