@@ -25,6 +25,7 @@ ratio is taken against the faster of the two.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -147,8 +148,6 @@ def bench_stack(rows, repeat):
             with grad_mode():
                 model(xt)
         return call
-
-    import contextlib
 
     for label, tn_mode, torch_mode in (("graph recorded", contextlib.nullcontext,
                                         contextlib.nullcontext),
