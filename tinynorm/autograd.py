@@ -145,6 +145,13 @@ class Context:
     def name(self) -> str:
         return f"{self.fn.__name__}Backward"
 
+    @property
+    def recording(self) -> bool:
+        """True when this call joins the graph (grad mode on, some input requires grad): what
+        ``save_for_backward`` gets is kept. A forward may skip building arrays that only
+        backward would read when it is False."""
+        return self._record
+
     def save_for_backward(self, *arrays) -> None:
         """Keep arrays for backward; under no_grad nothing is kept."""
         if self._record:

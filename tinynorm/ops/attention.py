@@ -13,11 +13,13 @@ output row of 0 and zero gradients for it, never NaN; PyTorch's SDPA behaves so 
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 from .. import backend
 from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
+from ._rows import for_each_block
 
 OP = "scaled_dot_product_attention"
 
@@ -57,24 +59,50 @@ def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal) -> tuple:
 
 
 BLOCK_ROWS = 128  # causal attention runs over blocks of this many query rows
+TILE_ELEMENTS = 1 << 18  # CPU: a block of scores (rows × keys), 1 MiB in float32, stays in
+#                          cache from the matmul that writes it through softmax to P V
 
 
-def _row_blocks(length, source, is_causal):
+def _heads(batch: tuple, on_cpu: bool) -> list:
+    """The units of work: on the CPU every head (every index of the batch dims), shared out
+    over the thread pool; on the GPU one unit, ``(...,)``, that runs every head in each launch.
+    """
+    if not on_cpu:
+        return [(Ellipsis,)]
+    return list(itertools.product(*(range(n) for n in batch)))
+
+
+def _row_blocks(length, source, is_causal, on_cpu):
     """(r0, r1, keys) per block: query rows r0..r1−1 and the keys 0..keys−1 they may see.
 
-    Rows are independent, so attention can run block by block. Without a causal mask there is
-    one block of every row and key. With one, row i sees keys j <= i, so rows before r1 see
-    only the first min(r1, S) keys: the scores right of each block are never computed (about
-    half of them for long sequences, the saving FlashAttention makes) and P stays 0 there.
+    Rows are independent, so attention can run block by block. With a causal mask, row i
+    sees keys j <= i, so rows before r1 see only the first min(r1, S) keys: the scores right
+    of each block are never computed (about half of them for long sequences, the saving
+    FlashAttention makes) and P stays 0 there. Without one, CPU blocks hold about
+    TILE_ELEMENTS scores, so a block is written by Q Kᵀ, normalised and read by P V while it
+    is in cache; the GPU takes every row at once.
     """
-    if not is_causal:
-        return [(0, length, source)]
-    return [(r0, min(r0 + BLOCK_ROWS, length), min(r0 + BLOCK_ROWS, length, source))
-            for r0 in range(0, length, BLOCK_ROWS)]
+    if is_causal:
+        step = BLOCK_ROWS
+    elif on_cpu:
+        step = min(length, TILE_ELEMENTS // max(source, 1))
+    else:
+        step = length
+    step = max(step, 1)
+    return [(r0, min(r0 + step, length), min(r0 + step, length, source) if is_causal else source)
+            for r0 in range(0, length, step)]
+
+
+def _for_each_head(heads: list, per_head: int, on_cpu: bool, work) -> None:
+    """``work(head)`` for every head, the heads shared out over the CPU thread pool (each head
+    writes only its own rows of every output, so threads share nothing)."""
+    blocks = [(i, slice(i, i + 1)) for i in range(len(heads))]
+    for_each_block(blocks, per_head, on_cpu, lambda i, _: work(heads[i]))
 
 
 def _mask_(scores, attn_mask, is_causal, r0, xp):
-    """S += M in place on one block of scores whose first row is query r0."""
+    """S += M in place on one block of scores whose first row is query r0 (``attn_mask`` the
+    block's part of the mask, or None)."""
     if is_causal:  # query i sees keys j <= i (top-left aligned, as torch's tril)
         rows, keys = scores.shape[-2:]
         allowed = xp.tri(rows, keys, k=r0, dtype=backend.bool_)
@@ -102,32 +130,39 @@ def _softmax_rows_(scores, xp):
     return row_max + xp.log(row_sum)
 
 
-def _probabilities(q, k, attn_mask, is_causal, scale, shape, lse=None):
-    """P = softmax(scale·Q Kᵀ + M) of ``shape`` (batch..., L, S), and the row log-sum-exp.
+class _Inputs:
+    """q, k, v and the mask broadcast to the batch shape, to index by head and block (None
+    where not given), and q·scale when blocks of scores are to be made.
 
-    Given ``lse`` (recomputation in backward), P = exp(S − lse) instead of a fresh softmax.
-    Scaling Q (L × E) costs less than scaling S (L × S).
+    ``scores(head, r0, r1, keys, out, lse=None)`` writes the block's P into ``out``: softmax
+    of scale·Q Kᵀ + M, or with ``lse`` (recomputation in backward) exp(S − lse). It returns
+    the block's row log-sum-exp (None when ``lse`` was given). Scaling Q (L × E) once costs
+    less than scaling every block of S (L × S).
     """
-    xp = backend.array_module(q, k)
-    blocks = _row_blocks(shape[-2], shape[-1], is_causal)
-    # causal blocks leave the keys right of them unwritten: those weights are 0
-    probs = xp.zeros(shape, dtype=q.dtype) if is_causal else xp.empty(shape, dtype=q.dtype)
-    if shape[-1] == 0:  # no keys at all: every row is fully masked, P is empty
-        return probs, xp.zeros(shape[:-1] + (1,), dtype=q.dtype)
-    fresh = lse is None
-    if fresh:
-        lse = xp.empty(shape[:-1] + (1,), dtype=q.dtype)
-    q_scaled = q * q.dtype.type(scale)
-    for r0, r1, keys in blocks:
-        scores = probs[..., r0:r1, :keys]
-        xp.matmul(q_scaled[..., r0:r1, :], k[..., :keys, :].swapaxes(-1, -2), out=scores)
-        _mask_(scores, attn_mask, is_causal, r0, xp)
-        if fresh:
-            lse[..., r0:r1, :] = _softmax_rows_(scores, xp)
-        else:
-            scores -= lse[..., r0:r1, :]
-            xp.exp(scores, out=scores)
-    return probs, lse
+
+    def __init__(self, q, k, v, attn_mask, is_causal, scale, batch, make_scores=True):
+        xp = backend.array_module(*(a for a in (q, k, v) if a is not None))
+        self.xp, self.is_causal = xp, is_causal
+
+        def spread(a):
+            return None if a is None else xp.broadcast_to(a, batch + a.shape[-2:])
+
+        self.q, self.k, self.v = spread(q), spread(k), spread(v)
+        self.q_scaled = spread(q * q.dtype.type(scale)) if make_scores else None
+        self.mask = None if attn_mask is None else xp.broadcast_to(
+            attn_mask, batch + (q.shape[-2], k.shape[-2]))
+
+    def scores(self, head, r0, r1, keys, out, lse=None):
+        xp = self.xp
+        xp.matmul(self.q_scaled[head][..., r0:r1, :],
+                  self.k[head][..., :keys, :].swapaxes(-1, -2), out=out)
+        mask = None if self.mask is None else self.mask[head][..., r0:r1, :keys]
+        _mask_(out, mask, self.is_causal, r0, xp)
+        if lse is None:
+            return _softmax_rows_(out, xp)
+        out -= lse[head][..., r0:r1, :]
+        xp.exp(out, out=out)
+        return None
 
 
 def _dropout_factor(dropout_p):
@@ -135,11 +170,21 @@ def _dropout_factor(dropout_p):
     return 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
 
 
+def _new(xp, shape, dtype, zeroed):
+    """An array for P (or P_d): zeroed when causal blocks leave keys unwritten."""
+    return xp.zeros(shape, dtype=dtype) if zeroed else xp.empty(shape, dtype=dtype)
+
+
 class ScaledDotProductAttention(Function):
     """O = softmax(scale·Q Kᵀ + M) V, with dropout on P when dropout_p > 0 (see module doc).
 
     With ``return_weights`` it has two outputs, (O, P_d), P_d the weights actually applied to
     V (after dropout, as ``nn.MultiheadAttention`` returns them); both are differentiable.
+
+    Forward runs head by head and, within a head, over blocks of query rows
+    (``_row_blocks``): each block of P is made and used while in cache. The whole P is
+    written out only when something needs it: backward (unless ``recompute``) or the
+    caller (``return_weights``); otherwise, as under no_grad, a block-sized array serves.
     """
 
     @staticmethod
@@ -148,23 +193,47 @@ class ScaledDotProductAttention(Function):
         xp = backend.array_module(q, k, v, attn_mask)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         length, source = q.shape[-2], k.shape[-2]
-        probs, lse = _probabilities(q, k, attn_mask, is_causal, scale, batch + (length, source))
+        shape = batch + (length, source)
+        on_cpu = backend.device_of(q) == "cpu"
+        inputs = _Inputs(q, k, v, attn_mask, is_causal, scale, batch)
+        need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
+        need_scores = need_q or need_k or need_mask
+        saving = ctx.recording and (need_scores or need_v)
+
+        factor = _dropout_factor(dropout_p)
         keep = None
-        dropped = probs
-        if dropout_p > 0:
-            keep = backend.generator(xp).random(probs.shape, dtype=probs.dtype) >= dropout_p
-            dropped = probs * keep
-            dropped *= _dropout_factor(dropout_p)
-        out = xp.empty(batch + (length, v.shape[-1]), dtype=q.dtype)
-        for r0, r1, keys in _row_blocks(length, source, is_causal):
-            xp.matmul(dropped[..., r0:r1, :keys], v[..., :keys, :], out=out[..., r0:r1, :])
+        if dropout_p > 0:  # drawn whole, before the heads split over threads: reproducible
+            keep = backend.generator(xp).random(shape, dtype=q.dtype) >= dropout_p
+        probs = (_new(xp, shape, q.dtype, is_causal)
+                 if (saving and not recompute) or (return_weights and keep is None) else None)
+        dropped = _new(xp, shape, q.dtype, is_causal) if return_weights and keep is not None \
+            else probs
+        lse = xp.zeros(batch + (length, 1), dtype=q.dtype) if saving and recompute else None
+        # every row is written below, unless there are no keys: then O = 0
+        out = _new(xp, batch + (length, v.shape[-1]), q.dtype, zeroed=not source)
+
+        def attend(head):
+            for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu):
+                block = (Ellipsis, slice(r0, r1), slice(0, keys))
+                p = probs[head][block] if probs is not None else xp.empty(
+                    inputs.q[head][..., r0:r1, :].shape[:-1] + (keys,), dtype=q.dtype)
+                block_lse = inputs.scores(head, r0, r1, keys, p)
+                if lse is not None:
+                    lse[head][..., r0:r1, :] = block_lse
+                if keep is not None:
+                    p_d = dropped[head][block] if dropped is not None else xp.empty_like(p)
+                    xp.multiply(p, keep[head][block], out=p_d)
+                    p_d *= factor
+                    p = p_d
+                xp.matmul(p, inputs.v[head][..., :keys, :], out=out[head][..., r0:r1, :])
+
+        if source:
+            _for_each_head(_heads(batch, on_cpu), length * source, on_cpu, attend)
 
         ctx.scale, ctx.dropout_p, ctx.is_causal = scale, dropout_p, is_causal
         ctx.recompute = recompute
         ctx.shapes = (q.shape, k.shape, v.shape, None if attn_mask is None else attn_mask.shape)
         ctx.mask_dtype = None if attn_mask is None else attn_mask.dtype
-        need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
-        need_scores = need_q or need_k or need_mask
         ctx.save_for_backward(
             q if need_k or recompute else None,
             k if need_q or recompute else None,
@@ -190,61 +259,76 @@ class ScaledDotProductAttention(Function):
         rowsum(dP ⊙ P) = rowsum(dP_d ⊙ P_d) = rowsum(dO ⊙ O) (+ rowsum(dW ⊙ P_d)), since
         O = P_d V: an (L × Ev) product instead of one over (L × S). Broadcast batch dims are
         summed back (``unbroadcast``). A fully masked row has P = 0, so its dS, dQ are 0.
-        In the code: dO = grad_out, dW = grad_weights, P = probs, P_d = dropped, D = keep
-        scaled by 1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then
-        dS, in place (it is our own array). As in forward, causal attention runs over row
-        blocks (``_row_blocks``) and skips the keys a block cannot see: their P and dS are 0,
-        so each block adds its rows' share to dV and dK and writes its rows of dQ.
+        In the code: dO = grad_out, dW = grad_weights, P = p, P_d = p_d, D = keep scaled by
+        1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then dS, in
+        place (it is our own array). As in forward, the work runs head by head over blocks of
+        query rows (``_row_blocks``); causal blocks skip the keys they cannot see (their P
+        and dS are 0). Each block adds its rows' share to its head's dV and dK and writes its
+        rows of dQ; heads are independent, so they share out over threads.
 
         Saved: P, (L × S) per head in q's dtype (e.g. 1 MiB per head at L = S = 512, float32),
         the output O (L × Ev per head), the bool dropout mask (L × S bytes) when dropout_p > 0,
         and references to q, k, v (inputs, no new memory), each only when a gradient needs it.
-        With ``recompute=True`` P is not kept: only log Σ e^S per row (L per head), and P is
-        rebuilt here as exp(scale·Q Kᵀ + M − lse): one more matmul and exp for S× less memory.
+        With ``recompute=True`` P is not kept: only log Σ e^S per row (L per head), and each
+        block of P is rebuilt here as exp(scale·Q Kᵀ + M − lse): one more matmul and exp for
+        S× less memory.
         """
-        q, k, v, attn_mask, probs, out, keep = ctx.saved_tensors
+        q, k, v, attn_mask, saved_p, out, keep = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
         shape_q, shape_k, shape_v, shape_mask = ctx.shapes
         xp = backend.array_module(grad_out)
+        on_cpu = backend.device_of(grad_out) == "cpu"
         batch, length, source = grad_out.shape[:-2], shape_q[-2], shape_k[-2]
-        if ctx.recompute:
-            probs, _ = _probabilities(q, k, attn_mask, ctx.is_causal, ctx.scale,
-                                      batch + (length, source), lse=probs)
-        dropped = probs
-        if keep is not None:
-            dropped = probs * keep
-            dropped *= _dropout_factor(ctx.dropout_p)
+        inputs = _Inputs(q, k, v, attn_mask, ctx.is_causal, ctx.scale, batch,
+                         make_scores=ctx.recompute)
+        factor = _dropout_factor(ctx.dropout_p)
         # unused weights arrive as zeros from the engine: one read beats three passes
         weights_used = grad_weights is not None and bool(grad_weights.any())
 
-        grad_q = xp.empty(batch + shape_q[-2:], dtype=grad_out.dtype) if need_q else None
+        grad_q = xp.zeros(batch + shape_q[-2:], dtype=grad_out.dtype) if need_q else None
         grad_k = xp.zeros(batch + shape_k[-2:], dtype=grad_out.dtype) if need_k else None
         grad_v = xp.zeros(batch + shape_v[-2:], dtype=grad_out.dtype) if need_v else None
-        grad_mask = None
-        for r0, r1, keys in _row_blocks(length, source, ctx.is_causal):
-            rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
-            seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
-            block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
-            if need_v:
-                grad_v[seen] += dropped[block].swapaxes(-1, -2) @ grad_out[rows]
-            if not (need_q or need_k or need_mask):
-                continue
-            grad_scores = grad_out[rows] @ v[seen].swapaxes(-1, -2)  # dP_d, our own array
-            row_dot = (grad_out[rows] * out[rows]).sum(axis=-1, keepdims=True)
-            if weights_used:
-                grad_scores += grad_weights[block]
-                row_dot += (grad_weights[block] * dropped[block]).sum(axis=-1, keepdims=True)
-            if keep is not None:
-                grad_scores *= keep[block]
-                grad_scores *= _dropout_factor(ctx.dropout_p)
-            grad_scores -= row_dot
-            grad_scores *= probs[block]  # dS
-            if need_q:
-                xp.matmul(grad_scores, k[seen], out=grad_q[rows])
-            if need_k:
-                grad_k[seen] += grad_scores.swapaxes(-1, -2) @ q[rows]
-            if need_mask:  # a mask never comes with is_causal, so this is the only block
-                grad_mask = unbroadcast(grad_scores, shape_mask).astype(ctx.mask_dtype, copy=False)
+        grad_scores_all = xp.zeros(batch + (length, source), dtype=grad_out.dtype) \
+            if need_mask else None
+
+        def backward_head(head):
+            for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu):
+                rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
+                seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
+                block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
+                if ctx.recompute:
+                    p = xp.empty(grad_out[head][rows].shape[:-1] + (keys,), dtype=grad_out.dtype)
+                    inputs.scores(head, r0, r1, keys, p, lse=saved_p)
+                else:
+                    p = saved_p[head][block]
+                p_d = p
+                if keep is not None:
+                    p_d = p * keep[head][block]
+                    p_d *= factor
+                d_out = grad_out[head][rows]
+                if need_v:
+                    grad_v[head][seen] += p_d.swapaxes(-1, -2) @ d_out
+                if not (need_q or need_k or need_mask):
+                    continue
+                grad_scores = d_out @ inputs.v[head][seen].swapaxes(-1, -2)  # dP_d, our own
+                row_dot = (d_out * out[head][rows]).sum(axis=-1, keepdims=True)
+                if weights_used:
+                    grad_scores += grad_weights[head][block]
+                    row_dot += (grad_weights[head][block] * p_d).sum(axis=-1, keepdims=True)
+                if keep is not None:
+                    grad_scores *= keep[head][block]
+                    grad_scores *= factor
+                grad_scores -= row_dot
+                grad_scores *= p  # dS
+                if need_q:
+                    xp.matmul(grad_scores, inputs.k[head][seen], out=grad_q[head][rows])
+                if need_k:
+                    grad_k[head][seen] += grad_scores.swapaxes(-1, -2) @ inputs.q[head][rows]
+                if need_mask:
+                    grad_scores_all[head][block] = grad_scores
+
+        if source and length:
+            _for_each_head(_heads(batch, on_cpu), length * source, on_cpu, backward_head)
         if need_q:
             grad_q *= ctx.scale
             grad_q = unbroadcast(grad_q, shape_q)
@@ -253,6 +337,9 @@ class ScaledDotProductAttention(Function):
             grad_k = unbroadcast(grad_k, shape_k)
         if need_v:
             grad_v = unbroadcast(grad_v, shape_v)
+        grad_mask = None
+        if need_mask:
+            grad_mask = unbroadcast(grad_scores_all, shape_mask).astype(ctx.mask_dtype, copy=False)
         return grad_q, grad_k, grad_v, grad_mask, None, None, None, None, None
 
 
