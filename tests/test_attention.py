@@ -159,6 +159,95 @@ def test_causal_row_blocks_gradcheck(inputs, recompute, dropout):
         assert gradcheck(attend, (q, k, v))
 
 
+@settings(max_examples=15)
+@given(inputs=attention_inputs(max_len=5), recompute=st.booleans(), dropout=st.booleans())
+def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
+    """CPU query blocks of one or two rows (TILE_ELEMENTS patched), every mask kind: each
+    block's rows see every key, and a float mask's gradient is assembled block by block."""
+    q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
+    mask = None
+    if inputs.attn_mask is not None:
+        mask = tn.tensor(inputs.attn_mask, requires_grad=inputs.mask_kind == "float")
+
+    def attend(q, k, v, mask):
+        tn.manual_seed(5)
+        if recompute and not dropout:
+            return F.scaled_dot_product_attention(q, k, v, mask, is_causal=inputs.is_causal,
+                                                  recompute=True)
+        return attention_with_weights(q, k, v, mask, is_causal=inputs.is_causal,
+                                      dropout_p=0.3 if dropout else 0.0)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "TILE_ELEMENTS", 2 * inputs.k.shape[-2])
+        assert gradcheck(attend, (q, k, v, mask))
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_row_blocks_without_causal_mask_match_torch(recompute):
+    """Several blocks of query rows against one: same output and gradients as PyTorch, the
+    float mask's gradient included."""
+    (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
+                                 [(2, 3, 37, 8), (2, 3, 29, 8), (2, 3, 29, 5)])
+    m, tm = leaf_pair(rng.standard_normal((37, 29)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "TILE_ELEMENTS", 8 * 29)  # blocks of 8 query rows
+        out = F.scaled_dot_product_attention(q, k, v, m, recompute=recompute)
+        grad = rng.standard_normal(out.shape)
+        out.backward(grad)
+    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, tm)
+    t_out.backward(torch.tensor(grad))
+    close(out, t_out)
+    for ours, theirs in ((q, tq), (k, tk), (v, tv), (m, tm)):
+        close(ours.grad, theirs.grad)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_heads_on_threads_give_the_same_bits(is_causal):
+    """Heads are shared out over the thread pool; each writes only its own rows, so one
+    thread and two give identical outputs and gradients (dropout included)."""
+    from tinynorm.ops import _rows
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in
+              [(2, 6, 200, 16), (2, 6, 150, 16), (2, 6, 150, 16)]]
+    grad = rng.standard_normal((2, 6, 200, 16)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        before = _rows.get_num_threads()
+        _rows.set_num_threads(threads)
+        try:
+            q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
+            tn.manual_seed(3)
+            out, weights = attention_with_weights(q, k, v, is_causal=is_causal, dropout_p=0.2)
+            out.backward(tn.tensor(grad))
+        finally:
+            _rows.set_num_threads(before)
+        results.append([host(out), host(weights)] + [host(a.grad) for a in (q, k, v)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_grad_forward_never_holds_the_whole_p():
+    """Under no_grad P is made a block at a time: the peak of new memory stays far below the
+    (heads, L, S) array that recording the graph keeps for backward."""
+    import tracemalloc
+    q = tn.tensor(rng.standard_normal((2, 512, 8)))
+    p_bytes = 2 * 512 * 512 * 8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "TILE_ELEMENTS", 1 << 14)  # blocks of 32 rows, 128 KiB
+        tracemalloc.start()
+        try:
+            with tn.no_grad():
+                F.scaled_dot_product_attention(q, q, q)
+            _, no_grad_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            leaf = tn.tensor(q.numpy(), requires_grad=True)
+            F.scaled_dot_product_attention(leaf, leaf, leaf)
+            _, recorded_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert no_grad_peak < p_bytes / 4
+    assert recorded_peak >= p_bytes
+
+
 @pytest.mark.parametrize("kind", ["bool", "float"])
 def test_sdpa_fully_masked_row_is_zero_and_finite(kind):
     """Query row 1 may attend to no key: output 0, zero gradient for that row, no NaN anywhere;
