@@ -17,6 +17,11 @@ few threads run on several cores at once. Each thread takes a contiguous run of 
 blocks depend only on the shape, and each block writes its own rows and its own slot of any
 per-block partial sums, so the result is the same bits for any number of threads.
 
+With numba installed the norms call compiled loops instead (tinynorm.kernels.cpu_norms),
+which walk one row at a time and need no cache blocking: they take bigger blocks of rows
+(``kernel_blocks``), fewer calls, on the same threads, with the same rule (each block writes
+its own rows and its own partial sums).
+
 The thread count is ``get_num_threads()``: the environment variable TINYNORM_NUM_THREADS at
 import, else the number of CPUs up to MAX_DEFAULT_THREADS; ``set_num_threads(n)`` changes
 it. GPU arrays are one block on the calling thread (the GPU is the parallel part there).
@@ -33,6 +38,7 @@ from ._adjoint import require_float
 BLOCK_ELEMENTS = 1 << 17  # 512 KB of float32
 MAX_BLOCK_ROWS = 256  # a block's column sums (dγ, dβ) add its rows one after another in
 #                       x's precision: at most 256 roundings before the float64 total
+KERNEL_BLOCK_ELEMENTS = 1 << 18  # 1 MB of float32: about 0.1 ms of a compiled kernel
 MAX_DEFAULT_THREADS = 4  # more threads mostly wait for the GIL between NumPy calls
 
 _num_threads = int(os.environ.get("TINYNORM_NUM_THREADS", "0") or 0) or min(
@@ -123,6 +129,16 @@ def row_blocks(rows: int, n: int, on_cpu: bool) -> list:
     """``(k, rows_k)`` for every block k, rows_k the slice of its rows: CPU blocks of
     ``block_rows`` rows, or one block of every row for GPU arrays."""
     step = block_rows(rows, n) if on_cpu else max(rows, 1)
+    return [(k, slice(start, min(start + step, rows)))
+            for k, start in enumerate(range(0, rows, step))]
+
+
+def kernel_blocks(rows: int, n: int) -> list:
+    """``(k, rows_k)`` blocks, as ``row_blocks``, for the compiled CPU kernels: as many as
+    ``rows·n / KERNEL_BLOCK_ELEMENTS`` (at least one), all of about the same number of rows,
+    so the threads' runs of blocks take about the same time."""
+    count = max(1, -(-rows * n // KERNEL_BLOCK_ELEMENTS))
+    step = max(1, -(-rows // count))
     return [(k, slice(start, min(start + step, rows)))
             for k, start in enumerate(range(0, rows, step))]
 

@@ -7,7 +7,8 @@ variance, then scaled by γ (``weight``) and shifted by β (``bias``).
 One Function rather than a composition of mean, sub, pow, sqrt, div, mul and add: composed,
 autograd would keep every intermediate (five arrays the size of x) and sweep them one by one;
 fused, backward needs x and two numbers per row, and both passes walk x in cache-sized blocks
-on a few threads (see ``_rows``).
+on a few threads (see ``_rows``). Where numba is installed, each pass is instead one compiled
+loop over the rows (``kernels.cpu_norms``), on the same threads.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from math import prod
 from .. import backend, kernels
 from ..autograd import Function
 from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
-                    for_each_block, outer, outer_factor, row_blocks, row_dot)
+                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot)
 
 
 class LayerNorm(Function):
@@ -29,9 +30,10 @@ class LayerNorm(Function):
         x̂  = (x − μ)·r
         y  = x̂·γ + β
 
-    μ keeps the rounding of Σx in x's precision, a few ulp of |μ| (2e-3 at |μ| = 1e4 in
-    float32, as in PyTorch): x̂ is off by that times r. Refining μ once more (μ + mean(x − μ),
-    as the fused CUDA kernel does) would remove it, but costs a fifth of the CPU forward.
+    On the NumPy path μ keeps the rounding of Σx in x's precision, a few ulp of |μ| (2e-3 at
+    |μ| = 1e4 in float32, as in PyTorch): x̂ is off by that times r. The compiled kernels (CPU
+    and CUDA) refine μ once more, μ + mean(x − μ), in the pass that sums (x − μ)² anyway,
+    which removes it; on the NumPy path it would cost a fifth of the forward.
     """
 
     @staticmethod
@@ -47,6 +49,20 @@ class LayerNorm(Function):
             ctx.save_for_backward(x_rows, weight, mean, rstd)
             return y.reshape(x.shape)
         rows = x_rows.shape[0]
+        if kernels.use_cpu_kernels(x_rows, weight, bias):  # compiled CPU kernel: the same μ, r
+            w = xp.ones(n, dtype=x.dtype) if weight is None else weight.reshape(n)
+            b = xp.zeros(n, dtype=x.dtype) if bias is None else bias.reshape(n)
+            y = xp.empty(x.shape, dtype=x.dtype)
+            y_rows = y.reshape(rows, n)
+            mean, rstd = xp.empty(rows, dtype=x.dtype), xp.empty(rows, dtype=x.dtype)
+
+            def normalize_compiled(k, rows_k):
+                kernels.cpu_norms.layer_norm_forward(x_rows, w, b, eps, rows_k.start, rows_k.stop,
+                                                     y_rows, mean, rstd)
+
+            for_each_block(kernel_blocks(rows, n), n, True, normalize_compiled)
+            ctx.save_for_backward(x_rows, weight, mean, rstd)
+            return y
         on_cpu = backend.device_of(x) == "cpu"
         blocks = row_blocks(rows, n, on_cpu)
         step = blocks[0][1].stop if blocks else 0
@@ -125,6 +141,25 @@ class LayerNorm(Function):
             return (dx.reshape(grad_out.shape) if need_x else None, None,
                     dgamma.reshape(ctx.shape) if need_gamma else None,
                     dbeta.reshape(ctx.shape) if need_beta else None, None)
+        if kernels.use_cpu_kernels(dy, x_rows, weight, mean, rstd):  # compiled CPU kernel
+            blocks = kernel_blocks(rows, n)
+            w = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+            # dx as on the reference path: grad_out's shape, a fresh array; (0, n) if unused
+            dx = xp.empty(grad_out.shape if need_x else (0, n), dtype=x_rows.dtype)
+            dx_rows = dx.reshape(-1, n)
+            dgamma_parts, dbeta_parts = (column_parts(blocks, n, xp, True) for _ in range(2))
+
+            def backward_compiled(k, rows_k):
+                kernels.cpu_norms.layer_norm_backward(
+                    dy, x_rows, w, mean, rstd, rows_k.start, rows_k.stop, dx_rows,
+                    dgamma_parts[k], dbeta_parts[k], xp.empty((2, n), dtype=x_rows.dtype),
+                    need_x, need_gamma or need_beta)
+
+            for_each_block(blocks, n, True, backward_compiled)
+            return (dx if need_x else None, None,
+                    column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
+                    column_total(dbeta_parts if need_beta else None, ctx.shape, x_rows.dtype),
+                    None)
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
         ones = xp.ones(n, dtype=x_rows.dtype)

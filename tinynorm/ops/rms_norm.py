@@ -8,7 +8,8 @@ centring (Zhang & Sennrich, 2019), as LLaMA uses it. ``eps=None`` means
 
 Built like ``layer_norm`` (one Function, rows in cache-sized blocks on a few threads); with
 no mean to find and subtract, it makes fewer sweeps over each block: forward one (x·(r ⊗ γ))
-against LayerNorm's three, backward five against eight.
+against LayerNorm's three, backward five against eight. Where numba is installed, each pass
+is one compiled loop over the rows (``kernels.cpu_norms``), as for LayerNorm.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from math import prod
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block, outer,
-                    outer_factor, row_blocks, row_dot)
+from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block,
+                    kernel_blocks, outer, outer_factor, row_blocks, row_dot)
 
 
 class RMSNorm(Function):
@@ -44,6 +45,18 @@ class RMSNorm(Function):
             ctx.save_for_backward(x_rows, weight, rstd)
             return y.reshape(x.shape)
         rows = x_rows.shape[0]
+        if kernels.use_cpu_kernels(x_rows, weight):  # compiled CPU kernel: the same r
+            w = xp.ones(n, dtype=x.dtype) if weight is None else weight.reshape(n)
+            y, rstd = xp.empty(x.shape, dtype=x.dtype), xp.empty(rows, dtype=x.dtype)
+            y_rows = y.reshape(rows, n)
+
+            def normalize_compiled(k, rows_k):
+                kernels.cpu_norms.rms_norm_forward(x_rows, w, eps, rows_k.start, rows_k.stop,
+                                                   y_rows, rstd)
+
+            for_each_block(kernel_blocks(rows, n), n, True, normalize_compiled)
+            ctx.save_for_backward(x_rows, weight, rstd)
+            return y
         on_cpu = backend.device_of(x) == "cpu"
         blocks = row_blocks(rows, n, on_cpu)
         gamma = None if weight is None else outer_factor(weight.reshape(n))
@@ -104,6 +117,23 @@ class RMSNorm(Function):
                                                    need_param_grads=need_gamma)
             return (dx.reshape(grad_out.shape) if need_x else None, None,
                     dgamma.reshape(ctx.shape) if need_gamma else None, None)
+        if kernels.use_cpu_kernels(dy, x_rows, weight, rstd):  # compiled CPU kernel
+            blocks = kernel_blocks(rows, n)
+            w = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+            # dx as on the reference path: grad_out's shape, a fresh array; (0, n) if unused
+            dx = xp.empty(grad_out.shape if need_x else (0, n), dtype=x_rows.dtype)
+            dx_rows = dx.reshape(-1, n)
+            dgamma_parts = column_parts(blocks, n, xp, True)
+
+            def backward_compiled(k, rows_k):
+                kernels.cpu_norms.rms_norm_backward(
+                    dy, x_rows, w, rstd, rows_k.start, rows_k.stop, dx_rows, dgamma_parts[k],
+                    xp.empty((1, n), dtype=x_rows.dtype), need_x, need_gamma)
+
+            for_each_block(blocks, n, True, backward_compiled)
+            return (dx if need_x else None, None,
+                    column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
+                    None)
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
         gamma = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
