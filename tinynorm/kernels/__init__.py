@@ -1,11 +1,12 @@
 """Fused kernels: CUDA for LayerNorm, RMSNorm and softmax on CuPy arrays, and compiled CPU
-loops (numba) for LayerNorm and RMSNorm on NumPy arrays.
+loops (numba) for LayerNorm, RMSNorm and exact float32 GELU on NumPy arrays.
 
 The plain array-module code in tinynorm.ops is the reference: readable, and what runs
 wherever a kernel does not. On the GPU the ops can call CUDA kernels instead, which read and
 write each row a minimum number of times in one launch rather than one launch per array
 expression; on the CPU, where numba is installed (``pip install "tinynorm[cpu]"``), the norms
-call loops compiled by numba (``cpu_norms``), one pass over memory per kernel. Both compute
+call loops compiled by numba (``cpu_norms``), one pass over memory per kernel, and exact
+float32 GELU does too (``cpu_gelu``). Both compute
 the same math and save the same quantities for backward; tests/test_gpu.py and
 tests/test_norms.py check them against the reference.
 
@@ -26,7 +27,7 @@ import contextlib
 import os
 
 from .. import backend
-from . import _numba, cpu_norms
+from . import _numba, cpu_gelu, cpu_norms
 from ._cuda import CTYPES, clear_cache, param_grad_chunks, row_threads
 from .norms import (layer_norm_backward, layer_norm_forward, rms_norm_backward,
                     rms_norm_forward)
@@ -79,7 +80,7 @@ def fused(on: bool):
         enabled = previous
 
 
-__all__ = ["enabled", "use_fused", "fused", "cpu_available", "use_cpu_kernels", "cpu_norms",
+__all__ = ["enabled", "use_fused", "fused", "cpu_available", "use_cpu_kernels", "cpu_gelu", "cpu_norms",
            "SOURCES", "clear_cache", "row_threads", "param_grad_chunks", "layer_norm_forward",
            "layer_norm_backward", "rms_norm_forward", "rms_norm_backward", "softmax_forward",
            "softmax_backward"]

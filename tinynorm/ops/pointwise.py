@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .. import backend
+from .. import backend, kernels
 from ..autograd import Function
 from ._adjoint import require_float
 from ._rows import elementwise
@@ -149,6 +149,8 @@ class GELU(Function):
 
     erf runs on one core and costs as much as a matrix product of the same size, so both
     passes go through ``elementwise``: blocks of the array shared out over the threads.
+    Exact float32 GELU on the CPU runs compiled kernels where numba is installed
+    (``kernels.cpu_gelu``: the same formulas in one pass, without SciPy's erf).
     """
 
     @staticmethod
@@ -158,6 +160,8 @@ class GELU(Function):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         ctx.approximate = approximate
         ctx.save_for_backward(x)
+        if approximate == "none" and _compiled_gelu(x):
+            return elementwise(kernels.cpu_gelu.gelu_forward, x)
         return elementwise(_gelu_none if approximate == "none" else _gelu_tanh, x)
 
     @staticmethod
@@ -170,8 +174,16 @@ class GELU(Function):
         Saves x; Φ, φ and t are recomputed (one array of x's size held, not three).
         """
         (x,) = ctx.saved_tensors
+        if ctx.approximate == "none" and _compiled_gelu(x, grad_out):
+            return elementwise(kernels.cpu_gelu.gelu_backward, x, grad_out), None
         grad = _gelu_none_backward if ctx.approximate == "none" else _gelu_tanh_backward
         return elementwise(grad, x, grad_out), None
+
+
+def _compiled_gelu(*arrays) -> bool:
+    """True where the compiled float32 kernels apply (float64 keeps SciPy's exact erf: the
+    kernels' erfc fit is float32-accurate only)."""
+    return arrays[0].dtype == backend.float32 and kernels.use_cpu_kernels(*arrays)
 
 
 def exp(x):
