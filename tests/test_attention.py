@@ -182,6 +182,24 @@ def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
         assert gradcheck(attend, (q, k, v, mask))
 
 
+@settings(max_examples=15)
+@given(inputs=attention_inputs(max_len=5))
+def test_recompute_with_dropout_gradcheck(inputs):
+    """Backward rebuilds P from the log-sum-exp and applies the saved dropout mask (what
+    nn.MultiheadAttention does with need_weights=False while training)."""
+    q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
+    mask = None
+    if inputs.attn_mask is not None:
+        mask = tn.tensor(inputs.attn_mask, requires_grad=inputs.mask_kind == "float")
+
+    def attend(q, k, v, mask):
+        tn.manual_seed(11)
+        return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=0.4,
+                                              is_causal=inputs.is_causal, recompute=True)
+
+    assert gradcheck(attend, (q, k, v, mask))
+
+
 @pytest.mark.parametrize("recompute", [False, True])
 def test_row_blocks_without_causal_mask_match_torch(recompute):
     """Several blocks of query rows against one: same output and gradients as PyTorch, the

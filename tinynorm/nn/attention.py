@@ -40,6 +40,9 @@ class MultiheadAttention(Module):
     output shaped like query; weights (N, L, S) averaged over heads, or (N, num_heads, L, S)
     with ``average_attn_weights=False`` (no N when unbatched), or None if not ``need_weights``.
     The weights are those applied to V, after dropout when training, as PyTorch returns them.
+    With ``need_weights=False`` backward keeps only a log-sum-exp per query row and rebuilds
+    the attention weights block by block (``recompute=True`` of the SDPA op), as PyTorch's
+    fused CPU kernel does; with ``need_weights=True`` the weights are kept.
 
     Differences from PyTorch (documented): ``add_bias_kv`` and ``add_zero_attn`` are not
     implemented (NotImplementedError); a query row whose keys are all masked gives output 0
@@ -135,7 +138,10 @@ class MultiheadAttention(Module):
             if not batched:
                 weights = ops.squeeze(weights, 0)
         else:
-            heads = scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal)
+            # only the log-sum-exp per row is kept for backward, which rebuilds P block by
+            # block (as PyTorch's fused CPU kernel does): P, (N·H, L, S), is never held
+            heads = scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal,
+                                                 recompute=True)
         out = self.out_proj(_merge_heads(heads, batch_dim))
         return (out if batched else ops.squeeze(out, 1)), weights
 
