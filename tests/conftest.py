@@ -13,16 +13,18 @@ import tinynorm as tn
 
 IN_CI = (os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
          or os.environ.get("HYPOTHESIS_PROFILE", "").strip() == "ci")
-TEST_DEPENDENCIES = ("torch", "hypothesis")
+# each with the extra that installs it; numba (the compiled CPU kernels) is the `cpu` extra
+TEST_DEPENDENCIES = {"torch": "test", "hypothesis": "test", "numba": "cpu"}
 
 if IN_CI:  # no test may skip in CI: a missing dependency stops the run here, by name
-    for _name in TEST_DEPENDENCIES:
+    for _name, _extra in TEST_DEPENDENCIES.items():
         try:
             importlib.import_module(_name)
         except ImportError as err:
             raise RuntimeError(
-                f"CI run without {_name!r} ({err}): install the test extras with "
-                f"pip install -e '.[test]'. Outside CI the tests needing it would skip."
+                f"CI run without {_name!r} ({err}): install the {_extra!r} extra, as CI does "
+                f"with pip install -e '.[cpu,test,demos]'. Outside CI the tests needing it "
+                f"would skip."
             ) from None
 
 try:

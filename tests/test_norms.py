@@ -1,5 +1,10 @@
 """F.layer_norm, F.rms_norm, nn.LayerNorm and nn.RMSNorm: parity with PyTorch, the numerics
-the issue asks for, finite-difference gradchecks, bad input, saved memory and threads."""
+the issue asks for, finite-difference gradchecks, bad input, saved memory and threads.
+
+The key tests run on both paths of the ops (``PATHS``): the fused kernels (on the CPU the
+compiled numba loops, the default where numba is installed; CUDA under --backend cupy) and
+the reference array code (``tinynorm.kernels.fused(False)``). tests/test_norm_kernels.py
+compares the two directly."""
 import numpy as np
 import pytest
 import torch
@@ -7,13 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinynorm as tn
-from tinynorm import nn
+from tinynorm import kernels, nn
 from tinynorm.nn import functional as F
 from tinynorm.ops import _rows
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing import strategies as tst
 
 RTOL64 = 1e-10  # float64 parity with PyTorch
+
+# kernels.fused(on) for the whole test: True runs the kernels (numba on the CPU, which CI
+# installs: conftest fails the run without it), False the reference path.
+NO_NUMBA = pytest.mark.skipif(not kernels.cpu_available(),
+                              reason='numba not installed: pip install "tinynorm[cpu]"')
+PATHS = [pytest.param(True, id="kernels", marks=NO_NUMBA), pytest.param(False, id="reference")]
 
 
 def host(a):
@@ -71,11 +82,13 @@ def draw(shape, normalized_shape, seed=0):
 # ---- parity with PyTorch (float64 within 1e-10) -----------------------------------------------
 @pytest.mark.parametrize("shape, normalized_shape", SHAPES)
 @pytest.mark.parametrize("use_weight, use_bias", AFFINE)
-def test_layer_norm_matches_torch(shape, normalized_shape, use_weight, use_bias):
+@pytest.mark.parametrize("fused", PATHS)
+def test_layer_norm_matches_torch(shape, normalized_shape, use_weight, use_bias, fused):
     x, w, b, upstream = draw(shape, normalized_shape)
     params = [w if use_weight else None, b if use_bias else None]
-    ours = run_ours(lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, 1e-5), x, params,
-                    upstream)
+    with kernels.fused(fused):
+        ours = run_ours(lambda x, w, b: F.layer_norm(x, normalized_shape, w, b, 1e-5), x, params,
+                        upstream)
     theirs = run_torch(lambda x, w, b: torch.nn.functional.layer_norm(
         x, normalized_shape if isinstance(normalized_shape, tuple) else (normalized_shape,),
         w, b, 1e-5), x, params, upstream)
@@ -85,11 +98,14 @@ def test_layer_norm_matches_torch(shape, normalized_shape, use_weight, use_bias)
 @pytest.mark.parametrize("shape, normalized_shape", SHAPES)
 @pytest.mark.parametrize("use_weight", [True, False])
 @pytest.mark.parametrize("eps", [None, 1e-6])
-def test_rms_norm_matches_torch(shape, normalized_shape, use_weight, eps):
+@pytest.mark.parametrize("fused", PATHS)
+def test_rms_norm_matches_torch(shape, normalized_shape, use_weight, eps, fused):
     x, w, _, upstream = draw(shape, normalized_shape)
     ns = normalized_shape if isinstance(normalized_shape, tuple) else (normalized_shape,)
     params = [w if use_weight else None]
-    ours = run_ours(lambda x, w: F.rms_norm(x, normalized_shape, w, eps), x, params, upstream)
+    with kernels.fused(fused):
+        ours = run_ours(lambda x, w: F.rms_norm(x, normalized_shape, w, eps), x, params,
+                        upstream)
     theirs = run_torch(lambda x, w: torch.nn.functional.rms_norm(x, ns, w, eps), x, params,
                        upstream)
     compare(ours, theirs, f"rms_norm {shape} over {normalized_shape}")
@@ -211,13 +227,16 @@ def layer_norm_float64(x, eps=1e-5):
     return (x - mean) / np.sqrt(var + eps)
 
 
-def test_large_common_offset_in_float32_matches_float64_maths():
+@pytest.mark.parametrize("fused", PATHS)
+def test_large_common_offset_in_float32_matches_float64_maths(fused):
     rng = np.random.default_rng(5)
     x = (1e4 + rng.standard_normal((64, 256))).astype(np.float32)
     want = layer_norm_float64(x)
-    got = host(F.layer_norm(tn.tensor(x), 256))
+    with kernels.fused(fused):
+        got = host(F.layer_norm(tn.tensor(x), 256))
     assert got.dtype == np.float32
-    assert np.abs(got - want).max() <= 5e-3  # the rounding of Σx/n in float32 gives ~2e-3
+    # the reference path keeps the rounding of Σx/n in float32, ~2e-3; the kernels refine μ
+    assert np.abs(got - want).max() <= (1e-5 if fused else 5e-3)
     # the test has teeth: the one-pass E[x²] − E[x]² in float32 misses by far more
     mean = x.mean(axis=-1, keepdims=True)
     naive_var = np.maximum((x * x).mean(axis=-1, keepdims=True) - mean * mean, 0)
@@ -225,9 +244,10 @@ def test_large_common_offset_in_float32_matches_float64_maths():
     assert np.abs(naive - want).max() > 0.1
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @settings(max_examples=15)
 @given(x=tst.degenerate_rows(), seed=st.integers(0, 2**16))
-def test_constant_rows_and_single_features_follow_the_maths(x, seed):
+def test_constant_rows_and_single_features_follow_the_maths(fused, x, seed):
     """A row with zero variance: x − μ = 0, r = 1/√ε, so y = β exactly (to rounding), dγ = 0,
     dβ = Σ dy and dx = r·(g − mean(g)) — not zero: moving one element makes the row vary.
     With one feature (d = 1) g − mean(g) = 0, so dx = 0 there."""
@@ -235,7 +255,10 @@ def test_constant_rows_and_single_features_follow_the_maths(x, seed):
     rng = np.random.default_rng(seed)
     d = x.shape[-1]
     w, b, upstream = rng.standard_normal(d), rng.standard_normal(d), rng.standard_normal(x.shape)
-    y, dx, (dw, db) = run_ours(lambda x, w, b: F.layer_norm(x, d, w, b, eps), x, [w, b], upstream)
+    with kernels.fused(fused):
+        y, dx, (dw, db) = run_ours(lambda x, w, b: F.layer_norm(x, d, w, b, eps), x, [w, b],
+                                   upstream)
+        y_rms, dx_rms, _ = run_ours(lambda x, w: F.rms_norm(x, d, w, eps), x, [w], upstream)
     y, dx, dw, db = host(y), host(dx), host(dw), host(db)
     assert np.isfinite(y).all() and np.isfinite(dx).all()
     np.testing.assert_allclose(y, np.broadcast_to(b, x.shape), rtol=0, atol=1e-9)
@@ -248,39 +271,45 @@ def test_constant_rows_and_single_features_follow_the_maths(x, seed):
         assert np.abs(dx).max() <= 1e-9
 
     # RMSNorm on the same rows: r = 1/√(c² + ε) with c the row's constant
-    y, dx, (dw,) = run_ours(lambda x, w: F.rms_norm(x, d, w, eps), x, [w], upstream)
-    assert np.isfinite(host(y)).all() and np.isfinite(host(dx)).all()
+    assert np.isfinite(host(y_rms)).all() and np.isfinite(host(dx_rms)).all()
     r = 1 / np.sqrt(x[..., :1] ** 2 + eps)
-    np.testing.assert_allclose(host(y), x * r * w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(host(y_rms), x * r * w, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_single_feature_gives_exactly_zero_dx(dtype):
-    """d = 1: x − μ = 0 and g − mean(g) = 0, so dx is 0 exactly, not just to rounding."""
+@pytest.mark.parametrize("fused", PATHS)
+def test_a_single_feature_gives_exactly_zero_dx(dtype, fused):
+    """d = 1: x − μ = 0 and g − mean(g) = 0, so dx is 0 exactly, not just to rounding (the
+    kernels must not fuse g's product into the subtraction: kernels._numba.ROW_SUM_FASTMATH)."""
     rng = np.random.default_rng(10)
-    x, upstream = (rng.standard_normal((6, 1)).astype(dtype) for _ in range(2))
+    x, upstream = (rng.standard_normal((300, 1)).astype(dtype) for _ in range(2))
     w, b = (rng.standard_normal(1).astype(dtype) for _ in range(2))
-    y, dx, (dw, _) = run_ours(lambda x, w, b: F.layer_norm(x, 1, w, b), x, [w, b], upstream)
+    with kernels.fused(fused):
+        y, dx, (dw, _) = run_ours(lambda x, w, b: F.layer_norm(x, 1, w, b), x, [w, b], upstream)
     np.testing.assert_array_equal(host(dx), 0)
     np.testing.assert_array_equal(host(dw), 0)
     np.testing.assert_array_equal(host(y), np.broadcast_to(b, x.shape))
 
 
-def test_eps_is_inside_the_square_root():
+@pytest.mark.parametrize("fused", PATHS)
+def test_eps_is_inside_the_square_root(fused):
     x = np.array([[0.0, 2e-3, 4e-3, 6e-3]])  # σ² = 5e-6, σ ≈ 2.2e-3
     eps = 1e-2
     centred = x - x.mean()
     inside = centred / np.sqrt(centred.var() + eps)
     outside = centred / (np.sqrt(centred.var()) + eps)
-    got = host(F.layer_norm(tn.tensor(x), 4, eps=eps))
+    with kernels.fused(fused):
+        got, got_rms = (host(F.layer_norm(tn.tensor(x), 4, eps=eps)),
+                        host(F.rms_norm(tn.tensor(x), 4, eps=eps)))
     np.testing.assert_allclose(got, inside, rtol=1e-12)
     assert np.abs(got - outside).max() > 1e-2
-    got = host(F.rms_norm(tn.tensor(x), 4, eps=eps))
+    got = got_rms
     np.testing.assert_allclose(got, x / np.sqrt((x * x).mean() + eps), rtol=1e-12)
     assert np.abs(got - x / (np.sqrt((x * x).mean()) + eps)).max() > 1e-2
 
 
-def test_parameter_gradients_over_1e5_rows_in_float32_match_float64():
+@pytest.mark.parametrize("fused", PATHS)
+def test_parameter_gradients_over_1e5_rows_in_float32_match_float64(fused):
     """dγ and dβ add 10^5 rows. dy ≈ 1.1 makes every partial sum grow the same way, so plain
     float32 accumulation is off by about 6e-4 relative here (checked below); the blocks'
     float64 totals stay within 1e-4."""
@@ -288,10 +317,11 @@ def test_parameter_gradients_over_1e5_rows_in_float32_match_float64():
     rows, d = 100_000, 16
     x = rng.standard_normal((rows, d)).astype(np.float32)
     upstream = (1.1 + 1e-3 * rng.standard_normal((rows, d))).astype(np.float32)
-    _, _, (dw, db) = run_ours(lambda x, w, b: F.layer_norm(x, d, w, b), x,
-                              [np.ones(d, np.float32), np.zeros(d, np.float32)], upstream)
-    _, _, (dw_rms,) = run_ours(lambda x, w: F.rms_norm(x, d, w), x, [np.ones(d, np.float32)],
-                               upstream)
+    with kernels.fused(fused):
+        _, _, (dw, db) = run_ours(lambda x, w, b: F.layer_norm(x, d, w, b), x,
+                                  [np.ones(d, np.float32), np.zeros(d, np.float32)], upstream)
+        _, _, (dw_rms,) = run_ours(lambda x, w: F.rms_norm(x, d, w), x,
+                                   [np.ones(d, np.float32)], upstream)
     x64, dy64 = x.astype(np.float64), upstream.astype(np.float64)
     x_hat = layer_norm_float64(x)
     rms_hat = x64 / np.sqrt((x64 * x64).mean(axis=1, keepdims=True) + np.finfo(np.float32).eps)
@@ -312,36 +342,42 @@ def params_for(x, k, use_weight, use_bias, seed):
     return shape, weight, bias
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @settings(max_examples=15)
 @given(x=tst.normalizable_rows(), dims=st.sampled_from([1, 2]),
        affine=st.sampled_from(AFFINE), seed=st.integers(0, 2**16))
-def test_layer_norm_gradcheck(x, dims, affine, seed):
+def test_layer_norm_gradcheck(fused, x, dims, affine, seed):
     dims = min(dims, x.ndim)
     shape, weight, bias = params_for(x, dims, *affine, seed)
     inputs = (tn.tensor(x, requires_grad=True), weight, bias)
-    assert gradcheck(lambda x, w, b: F.layer_norm(x, shape, w, b), inputs)
+    with kernels.fused(fused):
+        assert gradcheck(lambda x, w, b: F.layer_norm(x, shape, w, b), inputs)
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @settings(max_examples=15)
 @given(x=tst.normalizable_rows(), dims=st.sampled_from([1, 2]),
        use_weight=st.booleans(), seed=st.integers(0, 2**16))
-def test_rms_norm_gradcheck(x, dims, use_weight, seed):
+def test_rms_norm_gradcheck(fused, x, dims, use_weight, seed):
     dims = min(dims, x.ndim)
     shape, weight, _ = params_for(x, dims, use_weight, False, seed)
     inputs = (tn.tensor(x, requires_grad=True), weight)
-    assert gradcheck(lambda x, w: F.rms_norm(x, shape, w), inputs)
+    with kernels.fused(fused):
+        assert gradcheck(lambda x, w: F.rms_norm(x, shape, w), inputs)
 
 
+@pytest.mark.parametrize("fused", PATHS)
 @settings(max_examples=10)
 @given(x=tst.degenerate_rows(), seed=st.integers(0, 2**16))
-def test_gradcheck_on_degenerate_rows(x, seed):
+def test_gradcheck_on_degenerate_rows(fused, x, seed):
     """Zero-variance rows and d = 1: with ε inside the root both ops stay smooth there. (For
     RMSNorm an ε of 1e-3 rather than finfo(float64).eps keeps x = 0 rows smooth at the scale
     of the finite-difference step.)"""
     shape, weight, bias = params_for(x, 1, True, True, seed)
     xt = tn.tensor(x, requires_grad=True)
-    assert gradcheck(lambda x, w, b: F.layer_norm(x, shape, w, b), (xt, weight, bias))
-    assert gradcheck(lambda x, w: F.rms_norm(x, shape, w, 1e-3), (xt, weight))
+    with kernels.fused(fused):
+        assert gradcheck(lambda x, w, b: F.layer_norm(x, shape, w, b), (xt, weight, bias))
+        assert gradcheck(lambda x, w: F.rms_norm(x, shape, w, 1e-3), (xt, weight))
 
 
 # ---- bad input --------------------------------------------------------------------------------
@@ -375,18 +411,21 @@ def shares_memory(a, b) -> bool:
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-def test_backward_keeps_x_and_a_few_numbers_per_row(op):
+@pytest.mark.parametrize("fused", PATHS)
+def test_backward_keeps_x_and_a_few_numbers_per_row(op, fused):
     rows, d = 300, 64
     x = tn.randn(rows, d, requires_grad=True)
     w = tn.ones(d, requires_grad=True)
-    y = F.layer_norm(x, d, w, tn.zeros(d, requires_grad=True)) if op == "layer_norm" else \
-        F.rms_norm(x, d, w)
+    with kernels.fused(fused):
+        y = F.layer_norm(x, d, w, tn.zeros(d, requires_grad=True)) if op == "layer_norm" else \
+            F.rms_norm(x, d, w)
     saved = [a for a in y.grad_fn.saved_tensors if a is not None]
     own = [a for a in saved if not shares_memory(a, x.data) and not shares_memory(a, w.data)]
     assert any(shares_memory(a, x.data) for a in saved)  # x itself, not a copy
     per_row = 2 if op == "layer_norm" else 1  # μ and r, or r
     assert sum(a.nbytes for a in own) == per_row * rows * 4
-    y.backward(tn.randn(rows, d))
+    with kernels.fused(fused):
+        y.backward(tn.randn(rows, d))
     with pytest.raises(RuntimeError, match="second time"):
         y.grad_fn.saved_tensors  # freed after backward
     with tn.no_grad():
@@ -395,11 +434,14 @@ def test_backward_keeps_x_and_a_few_numbers_per_row(op):
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-def test_results_are_the_same_bits_for_any_thread_count(op):
+@pytest.mark.parametrize("fused", PATHS)
+def test_results_are_the_same_bits_for_any_thread_count(op, fused):
     rng = np.random.default_rng(7)
     x, upstream, w, b = (rng.standard_normal(shape).astype(np.float32)
-                         for shape in [(1500, 300), (1500, 300), 300, 300])
-    assert len(_rows.row_blocks(1500, 300, True)) >= 6  # enough blocks and work for 3 threads
+                         for shape in [(4500, 300), (4500, 300), 300, 300])
+    # enough blocks and work for 3 threads on either path
+    assert len(_rows.row_blocks(4500, 300, True)) >= 6
+    assert len(_rows.kernel_blocks(4500, 300)) >= 6
     params = [w, b] if op == "layer_norm" else [w]
     fn = (lambda x, w, b: F.layer_norm(x, 300, w, b)) if op == "layer_norm" else \
         (lambda x, w: F.rms_norm(x, 300, w))
@@ -408,7 +450,8 @@ def test_results_are_the_same_bits_for_any_thread_count(op):
     try:
         for threads in (1, 2, 3):
             tn.ops.set_num_threads(threads)
-            y, dx, dparams = run_ours(fn, x, params, upstream)
+            with kernels.fused(fused):
+                y, dx, dparams = run_ours(fn, x, params, upstream)
             results.append([host(y), host(dx)] + [host(p) for p in dparams])
     finally:
         tn.ops.set_num_threads(previous)
@@ -422,15 +465,24 @@ def test_set_num_threads_rejects_nonsense():
         tn.ops.set_num_threads(0)
 
 
-def test_float32_parity_with_torch():
-    """float32 against PyTorch's float32: both round differently (block sums vs vectorised
-    Welford), so we allow a few ulp of the O(1) outputs: rtol 1e-5, atol 1e-5."""
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+@pytest.mark.parametrize("fused", PATHS)
+def test_float32_parity_with_torch(op, fused):
+    """float32 against PyTorch's float32: both round differently (block sums or the kernels'
+    vector partial sums vs vectorised Welford), so we allow a few ulp of the O(1) outputs:
+    rtol 1e-5, atol 1e-5 of the largest value."""
     rng = np.random.default_rng(8)
     x = rng.standard_normal((300, 96)).astype(np.float32) * 4 + 2
     w, b = rng.standard_normal(96).astype(np.float32), rng.standard_normal(96).astype(np.float32)
     upstream = rng.standard_normal((300, 96)).astype(np.float32)
-    ours = run_ours(lambda x, w, b: F.layer_norm(x, 96, w, b), x, [w, b], upstream)
-    theirs = run_torch(lambda x, w, b: torch.nn.functional.layer_norm(x, (96,), w, b), x, [w, b],
-                       upstream)
+    if op == "layer_norm":
+        ours_fn, params = (lambda x, w, b: F.layer_norm(x, 96, w, b)), [w, b]
+        torch_fn = lambda x, w, b: torch.nn.functional.layer_norm(x, (96,), w, b)  # noqa: E731
+    else:
+        ours_fn, params = (lambda x, w: F.rms_norm(x, 96, w, 1e-5)), [w]
+        torch_fn = lambda x, w: torch.nn.functional.rms_norm(x, (96,), w, 1e-5)  # noqa: E731
+    with kernels.fused(fused):
+        ours = run_ours(ours_fn, x, params, upstream)
+    theirs = run_torch(torch_fn, x, params, upstream)
     for a, e in zip([ours[0], ours[1]] + ours[2], [theirs[0], theirs[1]] + theirs[2]):
         assert_close(a, e, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(e).max())))

@@ -10,16 +10,19 @@ from __future__ import annotations
 import functools
 import threading
 
-# What numba (LLVM) may assume: `reassoc` lets it split a row sum into several vector
-# partial sums (the one that makes the loops fast), `nsz` and `arcp` allow the usual
-# rewrites. Not `contract`: a fused multiply-add of g − mean(g) would keep g's product
-# unrounded, and a row of one element (n = 1) would get dx ≈ 1e-17 instead of exactly 0.
-# Not `nnan`/`ninf` (which fastmath=True would add): a NaN or inf in x must give NaN in y,
-# as on the reference path; the generated loops are the same without them.
-FASTMATH = {"reassoc", "nsz", "arcp"}
-# error_model "numpy": 1/0 gives inf, as in NumPy, where numba's default ("python") raises
-# ZeroDivisionError (a zero row with eps = 0).
-OPTIONS = {"nogil": True, "fastmath": FASTMATH, "error_model": "numpy", "cache": True}
+# How the kernels are compiled. `nogil`: the compiled loop runs without the GIL, so row
+# blocks handed to the thread pool run on several cores at once. error_model "numpy": 1/0
+# gives inf as in NumPy, where numba's default raises ZeroDivisionError (a zero row with
+# eps = 0), and a division is not a branch that stops vectorisation. No fastmath: outside
+# row sums the arithmetic runs in the order written (see ROW_SUM_FASTMATH).
+KERNEL_OPTIONS = {"nogil": True, "error_model": "numpy", "cache": True}
+# Row sums (``row_sum`` helpers) alone may be reassociated: `reassoc` lets LLVM split a sum
+# into vector partial sums, which is what makes the loops fast. Nowhere else: there it
+# turned (x − μ0) − δ into x − (μ0 + δ), which rounds μ0 + δ first, and `contract` (a
+# fused multiply-add of dy·γ − mean(g), which keeps dy·γ unrounded) gave every row of one
+# element (n = 1) a dx of the size of that rounding instead of exactly 0.
+# Not fastmath=True either, whose `nnan`/`ninf` let LLVM assume that x holds no NaN.
+ROW_SUM_FASTMATH = {"reassoc"}
 
 _numba = None
 _tried = False
@@ -45,13 +48,20 @@ def available() -> bool:
     return numba_module() is not None
 
 
-class cpu_kernel:
-    """Decorator: the Python function, compiled by ``numba.njit(**OPTIONS)`` on first call.
+_row_sums = []  # helpers not yet registered with numba
 
-    ``nogil``: the compiled loop runs without the GIL, so row blocks handed to the thread
-    pool run on several cores at once. The undecorated function stays at ``.python_function``
-    (the kernels are plain Python: run that way they are slow but give the same numbers).
-    """
+
+def row_sum(python_function):
+    """Decorator: a row-sum helper the kernels call, compiled into them (numba's
+    ``register_jitable``) with ROW_SUM_FASTMATH. It stays a plain Python function."""
+    _row_sums.append(python_function)
+    return python_function
+
+
+class cpu_kernel:
+    """Decorator: the Python function, compiled by ``numba.njit(**KERNEL_OPTIONS)`` on first
+    call (the row-sum helpers registered first). The Python function stays at
+    ``.python_function``."""
 
     def __init__(self, python_function):
         functools.update_wrapper(self, python_function)
@@ -63,7 +73,10 @@ class cpu_kernel:
             with _lock:  # two threads may make the first call at once
                 if self._compiled is None:
                     numba = numba_module() or _missing(self.python_function.__name__)
-                    self._compiled = numba.njit(**OPTIONS)(self.python_function)
+                    while _row_sums:
+                        numba.extending.register_jitable(
+                            fastmath=ROW_SUM_FASTMATH, error_model="numpy")(_row_sums.pop())
+                    self._compiled = numba.njit(**KERNEL_OPTIONS)(self.python_function)
         return self._compiled(*args)
 
 

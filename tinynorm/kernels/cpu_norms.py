@@ -17,9 +17,15 @@ changes no value.
 
 Row sums accumulate in x's precision. Measured on (8192, 768) float32, float64 sums made the
 forward about 15% slower (half as many lanes per vector), and float32 is enough: LLVM splits
-each row sum into 64 partial sums (the `reassoc` of ``_numba.FASTMATH``), so a sum of n
-elements carries about n/64 roundings, fewer than NumPy's pairwise sums; the column sums of
-dγ and dβ, which add up to 10^5 rows, are float64.
+each row sum into many vector partial sums, so a sum of n elements carries far fewer than n
+roundings; the column sums of dγ and dβ, which add up to 10^5 rows, end in float64.
+
+Only the row sums (the ``row_sum`` helpers below) are compiled with `reassoc`, the licence
+to add in another order; the rest runs in the order written (``_numba``). Each row sum is a
+loop that only reads memory: a loop that also writes is vectorised behind a run-time check
+that its writes miss its reads, with a scalar fallback where the arrays lie within a few
+hundred bytes of each other (tiny arrays), and a sum taken by the other version would add in
+another order: the same inputs could give other bits depending on where they were allocated.
 
 Kernels are plain Python loops; ``cpu_kernel`` compiles them on first call.
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import math
 
-from ._numba import cpu_kernel
+from ._numba import cpu_kernel, row_sum
 
 # Backward adds each row's dγ (and dβ) terms into a row of column sums in x's precision,
 # and those into the block's float64 row every PARAM_ROWS rows: at most 64 roundings in
@@ -38,6 +44,48 @@ from ._numba import cpu_kernel
 PARAM_ROWS = 64
 
 
+# ---- row sums ------------------------------------------------------------------------------
+@row_sum
+def _sum(a):
+    """Σ a."""
+    total = a.dtype.type(0)
+    for j in range(a.shape[0]):
+        total += a[j]
+    return total
+
+
+@row_sum
+def _shifted_sums(a, shift):
+    """Σ (a − shift) and Σ (a − shift)²."""
+    sum_d = sum_d2 = a.dtype.type(0)
+    for j in range(a.shape[0]):
+        d = a[j] - shift
+        sum_d += d
+        sum_d2 += d * d
+    return sum_d, sum_d2
+
+
+@row_sum
+def _sum_of_squares(a):
+    """Σ a²."""
+    total = a.dtype.type(0)
+    for j in range(a.shape[0]):
+        total += a[j] * a[j]
+    return total
+
+
+@row_sum
+def _gradient_sums(dy, weight, a, shift):
+    """Σ g and Σ g·(a − shift), with g = dy·γ."""
+    sum_g = sum_g_d = a.dtype.type(0)
+    for j in range(a.shape[0]):
+        g = dy[j] * weight[j]
+        sum_g += g
+        sum_g_d += g * (a[j] - shift)
+    return sum_g, sum_g_d
+
+
+# ---- the kernels -----------------------------------------------------------------------------
 @cpu_kernel
 def layer_norm_forward(x, weight, bias, eps, start, stop, y, mean, rstd):
     """y, μ and r of rows start:stop: LayerNorm's forward, with μ refined and the variance
@@ -48,22 +96,14 @@ def layer_norm_forward(x, weight, bias, eps, start, stop, y, mean, rstd):
         μ  = μ0 + δ                                   the rounding of Σx/n, δ, taken back out
         σ² = s² − δ²                                  δ is rounding-sized: nothing cancels
         r  = 1 / √(σ² + ε)
-        y  = ((x − μ0) − δ)·r·γ + β
+        y  = ((x − μ0) − δ)·r·γ + β                   in this order: μ0 + δ would round
     """
     n = x.shape[1]
     zero, one, count, eps = x.dtype.type(0), x.dtype.type(1), x.dtype.type(n), x.dtype.type(eps)
     for i in range(start, stop):
         x_i, y_i = x[i], y[i]
-        total = zero
-        for j in range(n):
-            total += x_i[j]
-        mu0 = total / count
-        sum_d = zero
-        sum_d2 = zero
-        for j in range(n):
-            d = x_i[j] - mu0
-            sum_d += d
-            sum_d2 += d * d
+        mu0 = _sum(x_i) / count
+        sum_d, sum_d2 = _shifted_sums(x_i, mu0)
         delta = sum_d / count
         r = one / math.sqrt(max(sum_d2 / count - delta * delta, zero) + eps)
         for j in range(n):
@@ -82,9 +122,8 @@ def layer_norm_backward(dy, x, weight, mean, rstd, start, stop, dx, dgamma, dbet
         dx = r·((g − mean(g)) − x̂·mean(g·x̂))        mean(g·x̂) = r·mean(g·(x − μ))
         dγ += Σ_rows dy·x̂,   dβ += Σ_rows dy
 
-    Two passes over a row: the row sums and the column sums, then dx. g − mean(g) is formed
-    first, so a row whose g is constant (n = 1) gets dx = 0 exactly. ``row_sums`` is (2, n)
-    scratch in x's dtype (see PARAM_ROWS).
+    g − mean(g) is formed first, so a row whose g is constant (n = 1) gets dx = 0 exactly.
+    ``row_sums`` is (2, n) scratch in x's dtype (see PARAM_ROWS).
     """
     n = x.shape[1]
     zero, count = x.dtype.type(0), x.dtype.type(n)
@@ -93,29 +132,23 @@ def layer_norm_backward(dy, x, weight, mean, rstd, start, stop, dx, dgamma, dbet
     dbeta_rows[:] = zero
     for i in range(start, stop):
         x_i, dy_i, mu, r = x[i], dy[i], mean[i], rstd[i]
-        sum_g = zero
-        sum_g_c = zero
-        for j in range(n):
-            c = x_i[j] - mu
-            g = dy_i[j] * weight[j]
-            sum_g += g
-            sum_g_c += g * c
-            if need_params:
-                dgamma_rows[j] += dy_i[j] * (c * r)
-                dbeta_rows[j] += dy_i[j]
-        if need_params and ((i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1):
-            for j in range(n):
-                dgamma[j] += dgamma_rows[j]
-                dbeta[j] += dbeta_rows[j]
-            dgamma_rows[:] = zero
-            dbeta_rows[:] = zero
         if need_x:
-            mean_g = sum_g / count
-            mean_g_xhat = r * (sum_g_c / count)
+            sum_g, sum_g_c = _gradient_sums(dy_i, weight, x_i, mu)
+            mean_g, mean_g_xhat = sum_g / count, r * (sum_g_c / count)
             dx_i = dx[i]
             for j in range(n):
                 x_hat = (x_i[j] - mu) * r
                 dx_i[j] = r * ((dy_i[j] * weight[j] - mean_g) - x_hat * mean_g_xhat)
+        if need_params:
+            for j in range(n):
+                dgamma_rows[j] += dy_i[j] * ((x_i[j] - mu) * r)
+                dbeta_rows[j] += dy_i[j]
+            if (i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1:
+                for j in range(n):
+                    dgamma[j] += dgamma_rows[j]
+                    dbeta[j] += dbeta_rows[j]
+                dgamma_rows[:] = zero
+                dbeta_rows[:] = zero
 
 
 @cpu_kernel
@@ -126,13 +159,10 @@ def rms_norm_forward(x, weight, eps, start, stop, y, rstd):
         y = x·r·γ
     """
     n = x.shape[1]
-    zero, one, count, eps = x.dtype.type(0), x.dtype.type(1), x.dtype.type(n), x.dtype.type(eps)
+    one, count, eps = x.dtype.type(1), x.dtype.type(n), x.dtype.type(eps)
     for i in range(start, stop):
         x_i, y_i = x[i], y[i]
-        sum_x2 = zero
-        for j in range(n):
-            sum_x2 += x_i[j] * x_i[j]
-        r = one / math.sqrt(sum_x2 / count + eps)
+        r = one / math.sqrt(_sum_of_squares(x_i) / count + eps)
         for j in range(n):
             y_i[j] = x_i[j] * r * weight[j]
         rstd[i] = r
@@ -148,7 +178,7 @@ def rms_norm_backward(dy, x, weight, rstd, start, stop, dx, dgamma, row_sums, ne
         dx = r·(g − x̂·mean(g·x̂))        mean(g·x̂) = r·mean(g·x)
         dγ += Σ_rows dy·x̂
 
-    Two passes over a row, as LayerNorm's; ``row_sums`` is (1, n) scratch in x's dtype.
+    ``row_sums`` is (1, n) scratch in x's dtype (see PARAM_ROWS).
     """
     n = x.shape[1]
     zero, count = x.dtype.type(0), x.dtype.type(n)
@@ -156,17 +186,16 @@ def rms_norm_backward(dy, x, weight, rstd, start, stop, dx, dgamma, row_sums, ne
     dgamma_rows[:] = zero
     for i in range(start, stop):
         x_i, dy_i, r = x[i], dy[i], rstd[i]
-        sum_g_x = zero
-        for j in range(n):
-            sum_g_x += dy_i[j] * weight[j] * x_i[j]
-            if need_gamma:
-                dgamma_rows[j] += dy_i[j] * (x_i[j] * r)
-        if need_gamma and ((i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1):
-            for j in range(n):
-                dgamma[j] += dgamma_rows[j]
-            dgamma_rows[:] = zero
         if need_x:
+            _, sum_g_x = _gradient_sums(dy_i, weight, x_i, zero)
             mean_g_xhat = r * (sum_g_x / count)
             dx_i = dx[i]
             for j in range(n):
                 dx_i[j] = r * (dy_i[j] * weight[j] - (x_i[j] * r) * mean_g_xhat)
+        if need_gamma:
+            for j in range(n):
+                dgamma_rows[j] += dy_i[j] * (x_i[j] * r)
+            if (i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1:
+                for j in range(n):
+                    dgamma[j] += dgamma_rows[j]
+                dgamma_rows[:] = zero
