@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 
 from .. import backend
 from ..autograd import Function
@@ -170,6 +171,27 @@ def _dropout_factor(dropout_p):
     return 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
 
 
+class _Scratch:
+    """Block-sized work arrays, one of each name per thread, reused from block to block.
+
+    A block of scores (up to TILE_ELEMENTS, 1 MiB) is above malloc's threshold for mapping
+    fresh pages, so a new array per block would pay a page fault per 4 KiB on every block;
+    while a graph is being recorded nothing is freed between blocks, and that cost doubled
+    the attention's forward time.
+    """
+
+    def __init__(self, xp, dtype):
+        self.xp, self.dtype, self.local = xp, dtype, threading.local()
+
+    def get(self, name, shape):
+        size = math.prod(shape)
+        flat = getattr(self.local, name, None)
+        if flat is None or flat.size < size:
+            flat = self.xp.empty(size, dtype=self.dtype)
+            setattr(self.local, name, flat)
+        return flat[:size].reshape(shape)
+
+
 def _new(xp, shape, dtype, zeroed):
     """An array for P (or P_d): zeroed when causal blocks leave keys unwritten."""
     return xp.zeros(shape, dtype=dtype) if zeroed else xp.empty(shape, dtype=dtype)
@@ -212,16 +234,19 @@ class ScaledDotProductAttention(Function):
         # every row is written below, unless there are no keys: then O = 0
         out = _new(xp, batch + (length, v.shape[-1]), q.dtype, zeroed=not source)
 
+        scratch = _Scratch(xp, q.dtype)
+
         def attend(head):
             for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu):
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))
-                p = probs[head][block] if probs is not None else xp.empty(
-                    inputs.q[head][..., r0:r1, :].shape[:-1] + (keys,), dtype=q.dtype)
+                p = probs[head][block] if probs is not None else scratch.get(
+                    "p", inputs.q[head][..., r0:r1, :].shape[:-1] + (keys,))
                 block_lse = inputs.scores(head, r0, r1, keys, p)
                 if lse is not None:
                     lse[head][..., r0:r1, :] = block_lse
                 if keep is not None:
-                    p_d = dropped[head][block] if dropped is not None else xp.empty_like(p)
+                    p_d = dropped[head][block] if dropped is not None else scratch.get(
+                        "p_d", p.shape)
                     xp.multiply(p, keep[head][block], out=p_d)
                     p_d *= factor
                     p = p_d
@@ -291,26 +316,29 @@ class ScaledDotProductAttention(Function):
         grad_scores_all = xp.zeros(batch + (length, source), dtype=grad_out.dtype) \
             if need_mask else None
 
+        scratch = _Scratch(xp, grad_out.dtype)
+
         def backward_head(head):
             for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu):
                 rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
                 seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
                 if ctx.recompute:
-                    p = xp.empty(grad_out[head][rows].shape[:-1] + (keys,), dtype=grad_out.dtype)
+                    p = scratch.get("p", grad_out[head][rows].shape[:-1] + (keys,))
                     inputs.scores(head, r0, r1, keys, p, lse=saved_p)
                 else:
                     p = saved_p[head][block]
                 p_d = p
                 if keep is not None:
-                    p_d = p * keep[head][block]
+                    p_d = xp.multiply(p, keep[head][block], out=scratch.get("p_d", p.shape))
                     p_d *= factor
                 d_out = grad_out[head][rows]
                 if need_v:
                     grad_v[head][seen] += p_d.swapaxes(-1, -2) @ d_out
                 if not (need_q or need_k or need_mask):
                     continue
-                grad_scores = d_out @ inputs.v[head][seen].swapaxes(-1, -2)  # dP_d, our own
+                grad_scores = xp.matmul(d_out, inputs.v[head][seen].swapaxes(-1, -2),
+                                        out=scratch.get("grad_scores", p.shape))  # dP_d
                 row_dot = (d_out * out[head][rows]).sum(axis=-1, keepdims=True)
                 if weights_used:
                     grad_scores += grad_weights[head][block]
