@@ -75,6 +75,15 @@ def _sum_of_squares(a):
 
 
 @row_sum
+def _sum_of_products(a, b, c):
+    """Σ a·b·c."""
+    total = a.dtype.type(0)
+    for j in range(a.shape[0]):
+        total += a[j] * b[j] * c[j]
+    return total
+
+
+@row_sum
 def _gradient_sums(dy, weight, a, shift):
     """Σ g and Σ g·(a − shift), with g = dy·γ."""
     sum_g = sum_g_d = a.dtype.type(0)
@@ -187,8 +196,7 @@ def rms_norm_backward(dy, x, weight, rstd, start, stop, dx, dgamma, row_sums, ne
     for i in range(start, stop):
         x_i, dy_i, r = x[i], dy[i], rstd[i]
         if need_x:
-            _, sum_g_x = _gradient_sums(dy_i, weight, x_i, zero)
-            mean_g_xhat = r * (sum_g_x / count)
+            mean_g_xhat = r * (_sum_of_products(dy_i, weight, x_i) / count)
             dx_i = dx[i]
             for j in range(n):
                 dx_i[j] = r * (dy_i[j] * weight[j] - (x_i[j] * r) * mean_g_xhat)
