@@ -145,12 +145,20 @@ def layer_norm_backward(dy, x, weight, mean, rstd, start, stop, dx, dgamma, dbet
             sum_g, sum_g_c = _gradient_sums(dy_i, weight, x_i, mu)
             mean_g, mean_g_xhat = sum_g / count, r * (sum_g_c / count)
             dx_i = dx[i]
-            for j in range(n):
-                x_hat = (x_i[j] - mu) * r
-                dx_i[j] = r * ((dy_i[j] * weight[j] - mean_g) - x_hat * mean_g_xhat)
-        if need_params:
+            if need_params:  # the loop twice: LLVM kept a test of need_params in one loop
+                for j in range(n):
+                    x_hat = (x_i[j] - mu) * r
+                    dx_i[j] = r * ((dy_i[j] * weight[j] - mean_g) - x_hat * mean_g_xhat)
+                    dgamma_rows[j] += dy_i[j] * x_hat
+            else:
+                for j in range(n):
+                    x_hat = (x_i[j] - mu) * r
+                    dx_i[j] = r * ((dy_i[j] * weight[j] - mean_g) - x_hat * mean_g_xhat)
+        elif need_params:
             for j in range(n):
                 dgamma_rows[j] += dy_i[j] * ((x_i[j] - mu) * r)
+        if need_params:
+            for j in range(n):
                 dbeta_rows[j] += dy_i[j]
             if (i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1:
                 for j in range(n):
@@ -198,11 +206,19 @@ def rms_norm_backward(dy, x, weight, rstd, start, stop, dx, dgamma, row_sums, ne
         if need_x:
             mean_g_xhat = r * (_sum_of_products(dy_i, weight, x_i) / count)
             dx_i = dx[i]
-            for j in range(n):
-                dx_i[j] = r * (dy_i[j] * weight[j] - (x_i[j] * r) * mean_g_xhat)
-        if need_gamma:
+            if need_gamma:  # the loop twice, as in layer_norm_backward
+                for j in range(n):
+                    x_hat = x_i[j] * r
+                    dx_i[j] = r * (dy_i[j] * weight[j] - x_hat * mean_g_xhat)
+                    dgamma_rows[j] += dy_i[j] * x_hat
+            else:
+                for j in range(n):
+                    x_hat = x_i[j] * r
+                    dx_i[j] = r * (dy_i[j] * weight[j] - x_hat * mean_g_xhat)
+        elif need_gamma:
             for j in range(n):
                 dgamma_rows[j] += dy_i[j] * (x_i[j] * r)
+        if need_gamma:
             if (i - start) % PARAM_ROWS == PARAM_ROWS - 1 or i == stop - 1:
                 for j in range(n):
                     dgamma[j] += dgamma_rows[j]
