@@ -199,3 +199,32 @@ def test_the_naming_rule_would_catch_each_spelling():
     for line in ("xp = backend.array_module(x)", "def numpy(self):", "inp.shape", "t.numpy()",
                  "hypothesis.extra.numpy.arrays", 'backend.module("numpy")'):
         assert not NAMING.search(line), line
+
+
+def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
+    """Inside for_each_block's threads BLAS has one thread (ours are the parallelism);
+    before and after, its own count, also when an error ends the blocks."""
+    from tinynorm.ops import _rows
+
+    before = tn.backend.blas_threads()
+    if before is None:  # a BLAS other than OpenBLAS 0.3.27+: nothing to switch
+        assert tn.backend.blas_threads() is None
+        return
+    seen = []
+    blocks = [(k, slice(k, k + 1)) for k in range(4)]
+    saved = _rows.get_num_threads()
+    _rows.set_num_threads(2)
+    try:
+        _rows.for_each_block(blocks, _rows.BLOCK_ELEMENTS, True,
+                             lambda k, rows: seen.append(tn.backend.blas_threads()))
+        assert seen == [1, 1, 1, 1]
+        assert tn.backend.blas_threads() == before
+
+        def fail(k, rows):
+            raise ValueError("block failed")
+
+        with pytest.raises(ValueError, match="block failed"):
+            _rows.for_each_block(blocks, _rows.BLOCK_ELEMENTS, True, fail)
+        assert tn.backend.blas_threads() == before
+    finally:
+        _rows.set_num_threads(saved)

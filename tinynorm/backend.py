@@ -14,7 +14,10 @@ import time.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import threading
 
 import numpy
 
@@ -223,6 +226,77 @@ def scatter_add(target, index, values) -> None:
         cupyx.scatter_add(target, index, values)
     else:
         numpy.add.at(target, index, values)
+
+
+# ---- NumPy's BLAS threads ------------------------------------------------------------------
+# tinynorm runs some ops on a few threads of its own (tinynorm.ops._rows), each calling BLAS
+# for small products. OpenBLAS would start its own threads inside each call: on 2 cores that
+# is 4 threads, and each call waits at OpenBLAS's barrier for a core that the other thread
+# holds; with other processes on the machine, attention's forward+backward ran 2x slower.
+# So while tinynorm's threads run, BLAS runs single-threaded (OpenBLAS's
+# openblas_set_num_threads_local, 0.3.27+, found among the libraries NumPy loaded). Where the
+# BLAS is not such an OpenBLAS (MKL, Accelerate, an old OpenBLAS) nothing is changed.
+_blas_lock = threading.Lock()
+_blas_setter = None
+_blas_looked_up = False
+_blas_users = 0
+_blas_threads_before = None
+
+
+def _openblas_thread_setter():
+    """``openblas_set_num_threads_local`` of a loaded OpenBLAS (returns the previous count),
+    or None. Looked up once, in /proc/self/maps (Linux)."""
+    global _blas_setter, _blas_looked_up
+    if not _blas_looked_up:
+        _blas_looked_up = True
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({line.split()[-1] for line in maps
+                                if "openblas" in line.lower() and "/" in line})
+        except OSError:
+            paths = []
+        for path in paths:
+            try:
+                setter = ctypes.CDLL(path).openblas_set_num_threads_local
+            except (OSError, AttributeError):
+                continue
+            setter.argtypes, setter.restype = [ctypes.c_int], ctypes.c_int
+            _blas_setter = setter
+            break
+    return _blas_setter
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """BLAS on one thread inside the block (see above), restored when the last of any
+    overlapping blocks (from several threads) ends. A no-op where the BLAS has no setting."""
+    global _blas_users, _blas_threads_before
+    setter = _openblas_thread_setter()
+    if setter is None:
+        yield
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_threads_before = setter(1)
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                setter(_blas_threads_before)
+
+
+def blas_threads() -> int | None:
+    """How many threads NumPy's OpenBLAS uses now (None where it cannot be told)."""
+    setter = _openblas_thread_setter()
+    if setter is None:
+        return None
+    with _blas_lock:
+        now = setter(1)
+        setter(now)
+    return now
 
 
 _env = os.environ.get("TINYNORM_BACKEND", "").strip().lower()

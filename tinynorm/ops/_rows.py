@@ -15,7 +15,9 @@ by about 8% and 256K gained little more.)
 Why threads: NumPy releases the GIL inside its loops and BLAS calls, so blocks handed to a
 few threads run on several cores at once. Each thread takes a contiguous run of blocks. The
 blocks depend only on the shape, and each block writes its own rows and its own slot of any
-per-block partial sums, so the result is the same bits for any number of threads.
+per-block partial sums, so the result is the same bits for any number of threads. While the
+blocks run on several threads, NumPy's BLAS runs single-threaded (``backend.
+single_threaded_blas``): BLAS threads on top of ours would oversubscribe the cores.
 
 With numba installed the norms call compiled loops instead (tinynorm.kernels.cpu_norms),
 which walk one row at a time and need no cache blocking: they take bigger blocks of rows
@@ -160,11 +162,13 @@ def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
 
     per_thread = -(-len(blocks) // threads)
     runs = [blocks[i:i + per_thread] for i in range(0, len(blocks), per_thread)]
-    futures = [_executor().submit(run, r) for r in runs[1:]]
-    try:
-        run(runs[0])  # the calling thread takes the first run itself
-    finally:
-        wait(futures)  # no worker may still be writing when we return or raise
+    # our threads are the parallelism: BLAS calls inside the blocks stay on their thread
+    with backend.single_threaded_blas():
+        futures = [_executor().submit(run, r) for r in runs[1:]]
+        try:
+            run(runs[0])  # the calling thread takes the first run itself
+        finally:
+            wait(futures)  # no worker may still be writing when we return or raise
     for f in futures:
         f.result()  # re-raises a worker's exception here
 
