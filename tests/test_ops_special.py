@@ -245,3 +245,26 @@ def test_dropout_matches_pytorch_given_the_same_mask():
     np.testing.assert_allclose(y.data, ty.detach().numpy(), rtol=1e-12, atol=0)
     np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=0)
     assert 0 < mask.float().mean() < 1  # the mask really drops some and keeps some
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((2048, 96), (96, 64)), ((5, 7), (7, 3)),
+                                              ((64, 2048), (2048, 3))])
+def test_matmul_by_rows_is_the_same_product_on_any_thread_count(shape_a, shape_b):
+    """Linear's products run their rows on tinynorm's threads: the same bits as NumPy's one
+    call, for 1 and 2 threads, a transposed operand included."""
+    from tinynorm.ops import _rows
+
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal(shape_a).astype(np.float32)
+    b = rng.standard_normal(shape_b[::-1]).astype(np.float32).T  # a transposed view
+    before = _rows.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            _rows.set_num_threads(threads)
+            results.append(_rows.matmul_by_rows(a, b))
+    finally:
+        _rows.set_num_threads(before)
+    for r in results:
+        np.testing.assert_array_equal(r, a @ b)
+        assert r.shape == (shape_a[0], shape_b[1]) and r.dtype == np.float32

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
+from ._rows import matmul_by_rows
 
 
 def _as_matrices(a, b):
@@ -75,8 +76,10 @@ class Linear(Function):
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None,
                               weight if ctx.needs_input_grad[0] else None)
         # One 2-D product over all leading dims: NumPy runs (..., rows, in) @ (in, out) as a
-        # loop of small products, 10-50x slower when the weight is a transposed view.
-        y = (x.reshape(-1, x.shape[-1]) @ weight.T).reshape(*x.shape[:-1], weight.shape[0])
+        # loop of small products, 10-50x slower when the weight is a transposed view. Its
+        # rows are shared out over tinynorm's threads (see matmul_by_rows for why).
+        y = matmul_by_rows(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1],
+                                                                         weight.shape[0])
         if bias is not None:
             y += bias  # y is our own fresh array
         return y
@@ -87,14 +90,16 @@ class Linear(Function):
 
         dx = G W,   dW = Gᵀ X,   db = Σ_rows G.
 
-        The leading dims are flattened so dW is one (out, rows) @ (rows, in) product.
-        Saves x only if W needs grad, W only if x needs grad.
+        The leading dims are flattened so dW is one (out, rows) @ (rows, in) product. Each
+        product runs on tinynorm's threads (``matmul_by_rows``: dx split by rows of G, dW by
+        its own rows). Saves x only if W needs grad, W only if x needs grad.
         """
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         g2 = grad_out.reshape(-1, grad_out.shape[-1])
-        dx = (g2 @ weight).reshape(*grad_out.shape[:-1], weight.shape[1]) if need_x else None
-        dw = g2.T @ x.reshape(-1, x.shape[-1]) if need_w else None
+        dx = matmul_by_rows(g2, weight).reshape(*grad_out.shape[:-1], weight.shape[1]) \
+            if need_x else None
+        dw = matmul_by_rows(g2.T, x.reshape(-1, x.shape[-1])) if need_w else None
         db = g2.sum(axis=0) if need_b else None
         return dx, dw, db
 
