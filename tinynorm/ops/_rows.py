@@ -13,7 +13,7 @@ better but cost more Python between NumPy calls; on a 2-core EPYC, 128K elements
 by about 8% and 256K gained little more.)
 
 Why threads: NumPy releases the GIL inside its loops and BLAS calls, so blocks handed to a
-few threads run on several cores at once. Each thread takes a contiguous run of blocks. The
+few threads run on several cores at once. Each thread takes the next block not yet taken. The
 blocks depend only on the shape, and each block writes its own rows and its own slot of any
 per-block partial sums, so the result is the same bits for any number of threads. While the
 blocks run on several threads, NumPy's BLAS runs single-threaded (``backend.
@@ -31,6 +31,7 @@ it. GPU arrays are one block on the calling thread (the GPU is the parallel part
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from numbers import Integral
 
@@ -156,17 +157,21 @@ def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
             work(k, rows_k)
         return
 
-    def run(run_of_blocks):
-        for k, rows_k in run_of_blocks:
-            work(k, rows_k)
+    pending, taking = iter(blocks), threading.Lock()
 
-    per_thread = -(-len(blocks) // threads)
-    runs = [blocks[i:i + per_thread] for i in range(0, len(blocks), per_thread)]
+    def run():  # each thread takes the next block until none is left
+        while True:
+            with taking:
+                block = next(pending, None)
+            if block is None:
+                return
+            work(*block)
+
     # our threads are the parallelism: BLAS calls inside the blocks stay on their thread
     with backend.single_threaded_blas():
-        futures = [_executor().submit(run, r) for r in runs[1:]]
+        futures = [_executor().submit(run) for _ in range(threads - 1)]
         try:
-            run(runs[0])  # the calling thread takes the first run itself
+            run()  # the calling thread takes blocks too
         finally:
             wait(futures)  # no worker may still be writing when we return or raise
     for f in futures:
