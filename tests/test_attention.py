@@ -364,3 +364,33 @@ def test_sdpa_errors_name_the_problem(args, kwargs, error, words):
     assert "scaled_dot_product_attention" in str(info.value)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
+    """A bool mask equal to the causal one runs as is_causal=True (its blocks skip the keys
+    above the diagonal); outputs and gradients agree with PyTorch given the mask."""
+    length = 300  # several causal blocks
+    (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal((2, length, 8))) for _ in range(3))
+    allowed = np.tri(length, dtype=bool)
+    calls = []
+    original = attention_ops._mask_
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "_mask_", lambda s, m, causal, r0, xp: (
+            calls.append(causal), original(s, m, causal, r0, xp))[1])
+        out = F.scaled_dot_product_attention(q, k, v, tn.tensor(allowed))
+        grad = rng.standard_normal(out.shape)
+        out.backward(grad)
+    assert calls and all(calls)
+    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, torch.tensor(allowed))
+    t_out.backward(torch.tensor(grad))
+    close(out, t_out)
+    for ours, theirs in ((q, tq), (k, tk), (v, tv)):
+        close(ours.grad, theirs.grad)
+    almost = allowed.copy()
+    almost[5, 3] = False  # not causal: the mask path
+    calls.clear()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_ops, "_mask_", lambda s, m, causal, r0, xp: (
+            calls.append(causal), original(s, m, causal, r0, xp))[1])
+        F.scaled_dot_product_attention(q, k, v, tn.tensor(almost))
+    assert calls and not any(calls)

@@ -101,6 +101,14 @@ def _for_each_head(heads: list, per_head: int, on_cpu: bool, work) -> None:
     for_each_block(blocks, per_head, on_cpu, lambda i, _: work(heads[i]))
 
 
+def _is_causal_mask(attn_mask, length, source, xp) -> bool:
+    """True for a bool (L, S) mask that is exactly the causal one (query i sees keys j <= i),
+    as ``nn.MultiheadAttention`` gets it from the seed's blocks: attention then takes the
+    causal path, whose blocks skip the keys they cannot see. One comparison of L·S bools."""
+    return (attn_mask is not None and attn_mask.dtype.kind == "b" and attn_mask.ndim == 2
+            and bool((attn_mask == xp.tri(length, source, dtype=backend.bool_)).all()))
+
+
 def _mask_(scores, attn_mask, is_causal, r0, xp):
     """S += M in place on one block of scores whose first row is query r0 (``attn_mask`` the
     block's part of the mask, or None)."""
@@ -215,6 +223,8 @@ class ScaledDotProductAttention(Function):
         xp = backend.array_module(q, k, v, attn_mask)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         length, source = q.shape[-2], k.shape[-2]
+        if _is_causal_mask(attn_mask, length, source, xp):  # the same maths, fewer scores
+            attn_mask, is_causal = None, True
         shape = batch + (length, source)
         on_cpu = backend.device_of(q) == "cpu"
         inputs = _Inputs(q, k, v, attn_mask, is_causal, scale, batch)
