@@ -268,3 +268,5 @@ def test_matmul_by_rows_is_the_same_product_on_any_thread_count(shape_a, shape_b
     for r in results:
         np.testing.assert_array_equal(r, a @ b)
         assert r.shape == (shape_a[0], shape_b[1]) and r.dtype == np.float32
+    bias = rng.standard_normal(shape_b[1]).astype(np.float32)  # added by each thread to its rows
+    np.testing.assert_array_equal(_rows.matmul_by_rows(a, b, bias), a @ b + bias)

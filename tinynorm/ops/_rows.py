@@ -181,9 +181,10 @@ def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
 MIN_THREADED_PRODUCT = 1 << 22  # multiply-adds below which a product stays on one thread
 
 
-def matmul_by_rows(a, b):
-    """``a @ b`` for 2-D a (m, k) and b (k, n): the rows of a, and of the result, shared out
-    over tinynorm's threads, each thread's product on single-threaded BLAS.
+def matmul_by_rows(a, b, bias=None):
+    """``a @ b`` (``+ bias``, an (n,) vector, when given) for 2-D a (m, k) and b (k, n): the
+    rows of a, and of the result, shared out over tinynorm's threads, each thread's product
+    on single-threaded BLAS and its bias added to its rows while they are in cache.
 
     Why not let OpenBLAS thread the product itself: its idle worker threads keep spinning on
     their queue for a while after each call, and on a 2-core machine they then compete with
@@ -197,12 +198,21 @@ def matmul_by_rows(a, b):
     threads = min(_num_threads, m)
     if backend.device_of(a) != "cpu" or threads <= 1 or m * n * a.shape[1] < MIN_THREADED_PRODUCT:
         with backend.single_threaded_blas():
-            return xp.matmul(a, b)
+            out = xp.matmul(a, b)
+        if bias is not None:
+            out += bias  # our own fresh array
+        return out
     out = xp.empty((m, n), dtype=xp.result_type(a, b))
     step = -(-m // threads)
     blocks = [(k, slice(start, min(start + step, m))) for k, start in enumerate(range(0, m, step))]
+
+    def product(k, rows):
+        xp.matmul(a[rows], b, out=out[rows])
+        if bias is not None:
+            out[rows] += bias
+
     per_block = max(n, BLOCK_ELEMENTS)  # so that for_each_block gives each block a thread
-    for_each_block(blocks, per_block, True, lambda k, rows: xp.matmul(a[rows], b, out=out[rows]))
+    for_each_block(blocks, per_block, True, product)
     return out
 
 

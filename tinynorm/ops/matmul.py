@@ -78,11 +78,8 @@ class Linear(Function):
         # One 2-D product over all leading dims: NumPy runs (..., rows, in) @ (in, out) as a
         # loop of small products, 10-50x slower when the weight is a transposed view. Its
         # rows are shared out over tinynorm's threads (see matmul_by_rows for why).
-        y = matmul_by_rows(x.reshape(-1, x.shape[-1]), weight.T).reshape(*x.shape[:-1],
-                                                                         weight.shape[0])
-        if bias is not None:
-            y += bias  # y is our own fresh array
-        return y
+        y = matmul_by_rows(x.reshape(-1, x.shape[-1]), weight.T, bias)
+        return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
