@@ -263,3 +263,22 @@ def test_mha_constructor_and_call_errors():
         mha(x, x, x, key_padding_mask=tn.zeros(4, 3))
     with pytest.raises(ValueError, match="should end in 8"):
         mha(tn.randn(4, 3, 6), x, x)
+
+
+@pytest.mark.parametrize("length, rebuilt", [(4, False), (40, True)])
+def test_mha_need_weights_false_keeps_or_rebuilds_p_and_matches_torch(length, rebuilt):
+    """need_weights=False keeps P for short sequences and rebuilds it in backward for long
+    ones (P larger than twice q, k and v); both match torch, gradients included."""
+    from tinynorm.nn import attention as attention_module
+
+    calls = []
+    original = attention_module.scaled_dot_product_attention
+    ours, theirs = module_pair(8, 2, batch_first=True)  # 4 features a head
+    inputs = seq_inputs(2, length, length, 8, 8, 8, True, True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention_module, "scaled_dot_product_attention",
+                      lambda *a, recompute=False: calls.append(recompute) or original(
+                          *a, recompute=recompute))
+        check_module_parity(ours, theirs, inputs, masks=(None, np.triu(
+            np.ones((length, length), bool), 1)), need_weights=False)
+    assert calls == [rebuilt]
