@@ -180,6 +180,8 @@ def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention_ops, "TILE_ELEMENTS", 2 * inputs.k.shape[-2])
         assert gradcheck(attend, (q, k, v, mask))
+        patch.setattr(attention_ops, "MIN_UNIT_SCORES", 1)  # a unit per head
+        assert gradcheck(attend, (q, k, v, mask))
 
 
 @settings(max_examples=15)
@@ -200,15 +202,18 @@ def test_recompute_with_dropout_gradcheck(inputs):
     assert gradcheck(attend, (q, k, v, mask))
 
 
+@pytest.mark.parametrize("min_unit", [1, 1 << 15, 1 << 40])  # per head, per batch item, all
 @pytest.mark.parametrize("recompute", [False, True])
-def test_row_blocks_without_causal_mask_match_torch(recompute):
+def test_row_blocks_without_causal_mask_match_torch(recompute, min_unit):
     """Several blocks of query rows against one: same output and gradients as PyTorch, the
-    float mask's gradient included."""
+    float mask's gradient included, whether a unit of work is a head, the heads of one
+    batch item, or every head (``MIN_UNIT_SCORES``)."""
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
                                  [(2, 3, 37, 8), (2, 3, 29, 8), (2, 3, 29, 5)])
     m, tm = leaf_pair(rng.standard_normal((37, 29)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention_ops, "TILE_ELEMENTS", 8 * 29)  # blocks of 8 query rows
+        patch.setattr(attention_ops, "MIN_UNIT_SCORES", min_unit)
         out = F.scaled_dot_product_attention(q, k, v, m, recompute=recompute)
         grad = rng.standard_normal(out.shape)
         out.backward(grad)
@@ -231,6 +236,7 @@ def test_heads_on_threads_give_the_same_bits(is_causal):
     for threads in (1, 2):
         before = _rows.get_num_threads()
         _rows.set_num_threads(threads)
+        assert attention_ops._units((2, 6), 200 * 150, True)[1] == 6  # a unit per batch item
         try:
             q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
             tn.manual_seed(3)
@@ -394,3 +400,13 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
             calls.append(causal), original(s, m, causal, r0, xp))[1])
         F.scaled_dot_product_attention(q, k, v, tn.tensor(almost))
     assert calls and not any(calls)
+
+
+def test_units_of_work_follow_the_size_of_the_heads():
+    """Long sequences: a unit per head; short ones: heads stacked into each NumPy call."""
+    assert attention_ops._units((2, 12), 256 * 256, True) == (
+        [(i, j) for i in range(2) for j in range(12)], 1)
+    assert attention_ops._units((8, 4), 24 * 24, True) == ([()], 32)
+    assert attention_ops._units((2, 6), 150 * 200, True) == ([(0,), (1,)], 6)
+    assert attention_ops._units((), 10, True) == ([()], 1)
+    assert attention_ops._units((2, 12), 10, False) == ([(Ellipsis,)], 24)

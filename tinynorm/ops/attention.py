@@ -64,29 +64,42 @@ TILE_ELEMENTS = 1 << 18  # CPU: a block of scores (rows × keys), 1 MiB in float
 #                          cache from the matmul that writes it through softmax to P V
 
 
-def _heads(batch: tuple, on_cpu: bool) -> list:
-    """The units of work: on the CPU every head (every index of the batch dims), shared out
-    over the thread pool; on the GPU one unit, ``(...,)``, that runs every head in each launch.
+MIN_UNIT_SCORES = 1 << 15  # CPU: the fewest scores a unit of work (one call per step) holds
+
+
+def _units(batch: tuple, scores_per_head: int, on_cpu: bool) -> tuple:
+    """(units, heads per unit): the units of work, each an index into the batch dims, and
+    how many heads each one stacks.
+
+    On the CPU the batch dims are indexed from the left for as long as each unit keeps at
+    least MIN_UNIT_SCORES scores: with long sequences a unit is one head, and the heads are
+    shared out over the thread pool; with short ones a unit stacks several heads (or all of
+    them) into each NumPy call, so that Python's cost per call stays small next to the work
+    (a 4-head model on 24 tokens would otherwise make hundreds of tiny calls per layer). On
+    the GPU one unit, ``(...,)``, runs every head in each launch.
     """
     if not on_cpu:
-        return [(Ellipsis,)]
-    return list(itertools.product(*(range(n) for n in batch)))
+        return [(Ellipsis,)], math.prod(batch)
+    depth = 0
+    while depth < len(batch) and scores_per_head * math.prod(batch[depth + 1:]) >= MIN_UNIT_SCORES:
+        depth += 1
+    return list(itertools.product(*(range(n) for n in batch[:depth]))), math.prod(batch[depth:])
 
 
-def _row_blocks(length, source, is_causal, on_cpu):
+def _row_blocks(length, source, is_causal, on_cpu, heads_per_unit=1):
     """(r0, r1, keys) per block: query rows r0..r1−1 and the keys 0..keys−1 they may see.
 
     Rows are independent, so attention can run block by block. With a causal mask, row i
     sees keys j <= i, so rows before r1 see only the first min(r1, S) keys: the scores right
     of each block are never computed (about half of them for long sequences, the saving
     FlashAttention makes) and P stays 0 there. Without one, CPU blocks hold about
-    TILE_ELEMENTS scores, so a block is written by Q Kᵀ, normalised and read by P V while it
-    is in cache; the GPU takes every row at once.
+    TILE_ELEMENTS scores (over the unit's heads), so a block is written by Q Kᵀ, normalised
+    and read by P V while it is in cache; the GPU takes every row at once.
     """
     if is_causal:
         step = BLOCK_ROWS
     elif on_cpu:
-        step = min(length, TILE_ELEMENTS // max(source, 1))
+        step = min(length, TILE_ELEMENTS // max(source * heads_per_unit, 1))
     else:
         step = length
     step = max(step, 1)
@@ -94,11 +107,11 @@ def _row_blocks(length, source, is_causal, on_cpu):
             for r0 in range(0, length, step)]
 
 
-def _for_each_head(heads: list, per_head: int, on_cpu: bool, work) -> None:
-    """``work(head)`` for every head, the heads shared out over the CPU thread pool (each head
-    writes only its own rows of every output, so threads share nothing)."""
-    blocks = [(i, slice(i, i + 1)) for i in range(len(heads))]
-    for_each_block(blocks, per_head, on_cpu, lambda i, _: work(heads[i]))
+def _for_each_unit(units: list, per_unit: int, on_cpu: bool, work) -> None:
+    """``work(unit)`` for every unit, shared out over the CPU thread pool (each unit writes
+    only its own rows of every output, so threads share nothing)."""
+    blocks = [(i, slice(i, i + 1)) for i in range(len(units))]
+    for_each_block(blocks, per_unit, on_cpu, lambda i, _: work(units[i]))
 
 
 def _is_causal_mask(attn_mask, length, source, xp) -> bool:
@@ -246,8 +259,10 @@ class ScaledDotProductAttention(Function):
 
         scratch = _Scratch(xp, q.dtype)
 
-        def attend(head):
-            for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu):
+        units, stacked = _units(batch, length * source, on_cpu)
+
+        def attend(head):  # one unit: a head, or several stacked (see _units)
+            for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu, stacked):
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))
                 p = probs[head][block] if probs is not None else scratch.get(
                     "p", inputs.q[head][..., r0:r1, :].shape[:-1] + (keys,))
@@ -263,7 +278,7 @@ class ScaledDotProductAttention(Function):
                 xp.matmul(p, inputs.v[head][..., :keys, :], out=out[head][..., r0:r1, :])
 
         if source:
-            _for_each_head(_heads(batch, on_cpu), length * source, on_cpu, attend)
+            _for_each_unit(units, length * source * stacked, on_cpu, attend)
 
         ctx.scale, ctx.dropout_p, ctx.is_causal = scale, dropout_p, is_causal
         ctx.recompute = recompute
@@ -328,8 +343,10 @@ class ScaledDotProductAttention(Function):
 
         scratch = _Scratch(xp, grad_out.dtype)
 
-        def backward_head(head):
-            for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu):
+        units, stacked = _units(batch, length * source, on_cpu)
+
+        def backward_head(head):  # one unit: a head, or several stacked (see _units)
+            for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu, stacked):
                 rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
                 seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
@@ -366,7 +383,7 @@ class ScaledDotProductAttention(Function):
                     grad_scores_all[head][block] = grad_scores
 
         if source and length:
-            _for_each_head(_heads(batch, on_cpu), length * source, on_cpu, backward_head)
+            _for_each_unit(units, length * source * stacked, on_cpu, backward_head)
         if need_q:
             grad_q *= ctx.scale
             grad_q = unbroadcast(grad_q, shape_q)
