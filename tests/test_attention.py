@@ -27,12 +27,19 @@ def float_causal(length, source):
     return np.where(np.tri(length, source, dtype=bool), 0.0, -np.inf)
 
 
-@given(inputs=attention_inputs(), scale=st.sampled_from([None, 0.7]), recompute=st.booleans())
-def test_sdpa_gradcheck(inputs, scale, recompute):
+def leaf_inputs(inputs):
+    """q, k, v and the mask of an ``attention_inputs`` example as leaf tensors; a float mask
+    requires grad (a bool one cannot)."""
     q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
     mask = None
     if inputs.attn_mask is not None:
         mask = tn.tensor(inputs.attn_mask, requires_grad=inputs.mask_kind == "float")
+    return q, k, v, mask
+
+
+@given(inputs=attention_inputs(), scale=st.sampled_from([None, 0.7]), recompute=st.booleans())
+def test_sdpa_gradcheck(inputs, scale, recompute):
+    q, k, v, mask = leaf_inputs(inputs)
 
     def attend(q, k, v, mask):
         return F.scaled_dot_product_attention(q, k, v, mask, is_causal=inputs.is_causal,
@@ -164,10 +171,7 @@ def test_causal_row_blocks_gradcheck(inputs, recompute, dropout):
 def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
     """CPU query blocks of one or two rows (TILE_ELEMENTS patched), every mask kind: each
     block's rows see every key, and a float mask's gradient is assembled block by block."""
-    q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
-    mask = None
-    if inputs.attn_mask is not None:
-        mask = tn.tensor(inputs.attn_mask, requires_grad=inputs.mask_kind == "float")
+    q, k, v, mask = leaf_inputs(inputs)
 
     def attend(q, k, v, mask):
         tn.manual_seed(5)
@@ -189,10 +193,7 @@ def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
 def test_recompute_with_dropout_gradcheck(inputs):
     """Backward rebuilds P from the log-sum-exp and applies the saved dropout mask (what
     nn.MultiheadAttention does with need_weights=False while training)."""
-    q, k, v = (tn.tensor(a, requires_grad=True) for a in (inputs.q, inputs.k, inputs.v))
-    mask = None
-    if inputs.attn_mask is not None:
-        mask = tn.tensor(inputs.attn_mask, requires_grad=inputs.mask_kind == "float")
+    q, k, v, mask = leaf_inputs(inputs)
 
     def attend(q, k, v, mask):
         tn.manual_seed(11)
