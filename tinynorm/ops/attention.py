@@ -153,10 +153,10 @@ def _softmax_rows_(scores, xp):
 
 
 class _Inputs:
-    """q, k, v and the mask broadcast to the batch shape, to index by head and block (None
+    """q, k, v and the mask broadcast to the batch shape, to index by unit and block (None
     where not given), and q·scale when blocks of scores are to be made.
 
-    ``scores(head, r0, r1, keys, out, lse=None)`` writes the block's P into ``out``: softmax
+    ``scores(unit, r0, r1, keys, out, lse=None)`` writes the block's P into ``out``: softmax
     of scale·Q Kᵀ + M, or with ``lse`` (recomputation in backward) exp(S − lse). It returns
     the block's row log-sum-exp (None when ``lse`` was given). Scaling Q (L × E) once costs
     less than scaling every block of S (L × S).
@@ -174,15 +174,15 @@ class _Inputs:
         self.mask = None if attn_mask is None else xp.broadcast_to(
             attn_mask, batch + (q.shape[-2], k.shape[-2]))
 
-    def scores(self, head, r0, r1, keys, out, lse=None):
+    def scores(self, unit, r0, r1, keys, out, lse=None):
         xp = self.xp
-        xp.matmul(self.q_scaled[head][..., r0:r1, :],
-                  self.k[head][..., :keys, :].swapaxes(-1, -2), out=out)
-        mask = None if self.mask is None else self.mask[head][..., r0:r1, :keys]
+        xp.matmul(self.q_scaled[unit][..., r0:r1, :],
+                  self.k[unit][..., :keys, :].swapaxes(-1, -2), out=out)
+        mask = None if self.mask is None else self.mask[unit][..., r0:r1, :keys]
         _mask_(out, mask, self.is_causal, r0, xp)
         if lse is None:
             return _softmax_rows_(out, xp)
-        out -= lse[head][..., r0:r1, :]
+        out -= lse[unit][..., r0:r1, :]
         xp.exp(out, out=out)
         return None
 
@@ -224,8 +224,9 @@ class ScaledDotProductAttention(Function):
     With ``return_weights`` it has two outputs, (O, P_d), P_d the weights actually applied to
     V (after dropout, as ``nn.MultiheadAttention`` returns them); both are differentiable.
 
-    Forward runs head by head and, within a head, over blocks of query rows
-    (``_row_blocks``): each block of P is made and used while in cache. The whole P is
+    Forward runs unit by unit (a head, or several heads stacked when they are small: see
+    ``_units``) and, within a unit, over blocks of query rows (``_row_blocks``): each block
+    of P is made and used while in cache. The whole P is
     written out only when something needs it: backward (unless ``recompute``) or the
     caller (``return_weights``); otherwise, as under no_grad, a block-sized array serves.
     """
@@ -261,21 +262,21 @@ class ScaledDotProductAttention(Function):
 
         units, stacked = _units(batch, length * source, on_cpu)
 
-        def attend(head):  # one unit: a head, or several stacked (see _units)
+        def attend(unit):  # one unit: a head, or several stacked (see _units)
             for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu, stacked):
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))
-                p = probs[head][block] if probs is not None else scratch.get(
-                    "p", inputs.q[head][..., r0:r1, :].shape[:-1] + (keys,))
-                block_lse = inputs.scores(head, r0, r1, keys, p)
+                p = probs[unit][block] if probs is not None else scratch.get(
+                    "p", inputs.q[unit][..., r0:r1, :].shape[:-1] + (keys,))
+                block_lse = inputs.scores(unit, r0, r1, keys, p)
                 if lse is not None:
-                    lse[head][..., r0:r1, :] = block_lse
+                    lse[unit][..., r0:r1, :] = block_lse
                 if keep is not None:
-                    p_d = dropped[head][block] if dropped is not None else scratch.get(
+                    p_d = dropped[unit][block] if dropped is not None else scratch.get(
                         "p_d", p.shape)
-                    xp.multiply(p, keep[head][block], out=p_d)
+                    xp.multiply(p, keep[unit][block], out=p_d)
                     p_d *= factor
                     p = p_d
-                xp.matmul(p, inputs.v[head][..., :keys, :], out=out[head][..., r0:r1, :])
+                xp.matmul(p, inputs.v[unit][..., :keys, :], out=out[unit][..., r0:r1, :])
 
         if source:
             _for_each_unit(units, length * source * stacked, on_cpu, attend)
@@ -311,9 +312,9 @@ class ScaledDotProductAttention(Function):
         summed back (``unbroadcast``). A fully masked row has P = 0, so its dS, dQ are 0.
         In the code: dO = grad_out, dW = grad_weights, P = p, P_d = p_d, D = keep scaled by
         1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then dS, in
-        place (it is our own array). As in forward, the work runs head by head over blocks of
+        place (it is our own array). As in forward, the work runs unit by unit over blocks of
         query rows (``_row_blocks``); causal blocks skip the keys they cannot see (their P
-        and dS are 0). Each block adds its rows' share to its head's dV and dK and writes its
+        and dS are 0). Each block adds its rows' share to its unit's dV and dK and writes its
         rows of dQ; heads are independent, so they share out over threads.
 
         Saved: P, (L × S) per head in q's dtype (e.g. 1 MiB per head at L = S = 512, float32),
@@ -345,45 +346,45 @@ class ScaledDotProductAttention(Function):
 
         units, stacked = _units(batch, length * source, on_cpu)
 
-        def backward_head(head):  # one unit: a head, or several stacked (see _units)
+        def backward_unit(unit):  # one unit: a head, or several stacked (see _units)
             for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu, stacked):
                 rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
                 seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
                 if ctx.recompute:
-                    p = scratch.get("p", grad_out[head][rows].shape[:-1] + (keys,))
-                    inputs.scores(head, r0, r1, keys, p, lse=saved_p)
+                    p = scratch.get("p", grad_out[unit][rows].shape[:-1] + (keys,))
+                    inputs.scores(unit, r0, r1, keys, p, lse=saved_p)
                 else:
-                    p = saved_p[head][block]
+                    p = saved_p[unit][block]
                 p_d = p
                 if keep is not None:
-                    p_d = xp.multiply(p, keep[head][block], out=scratch.get("p_d", p.shape))
+                    p_d = xp.multiply(p, keep[unit][block], out=scratch.get("p_d", p.shape))
                     p_d *= factor
-                d_out = grad_out[head][rows]
+                d_out = grad_out[unit][rows]
                 if need_v:
-                    grad_v[head][seen] += p_d.swapaxes(-1, -2) @ d_out
+                    grad_v[unit][seen] += p_d.swapaxes(-1, -2) @ d_out
                 if not (need_q or need_k or need_mask):
                     continue
-                grad_scores = xp.matmul(d_out, inputs.v[head][seen].swapaxes(-1, -2),
+                grad_scores = xp.matmul(d_out, inputs.v[unit][seen].swapaxes(-1, -2),
                                         out=scratch.get("grad_scores", p.shape))  # dP_d
-                row_dot = (d_out * out[head][rows]).sum(axis=-1, keepdims=True)
+                row_dot = (d_out * out[unit][rows]).sum(axis=-1, keepdims=True)
                 if weights_used:
-                    grad_scores += grad_weights[head][block]
-                    row_dot += (grad_weights[head][block] * p_d).sum(axis=-1, keepdims=True)
+                    grad_scores += grad_weights[unit][block]
+                    row_dot += (grad_weights[unit][block] * p_d).sum(axis=-1, keepdims=True)
                 if keep is not None:
-                    grad_scores *= keep[head][block]
+                    grad_scores *= keep[unit][block]
                     grad_scores *= factor
                 grad_scores -= row_dot
                 grad_scores *= p  # dS
                 if need_q:
-                    xp.matmul(grad_scores, inputs.k[head][seen], out=grad_q[head][rows])
+                    xp.matmul(grad_scores, inputs.k[unit][seen], out=grad_q[unit][rows])
                 if need_k:
-                    grad_k[head][seen] += grad_scores.swapaxes(-1, -2) @ inputs.q[head][rows]
+                    grad_k[unit][seen] += grad_scores.swapaxes(-1, -2) @ inputs.q[unit][rows]
                 if need_mask:
-                    grad_scores_all[head][block] = grad_scores
+                    grad_scores_all[unit][block] = grad_scores
 
         if source and length:
-            _for_each_unit(units, length * source * stacked, on_cpu, backward_head)
+            _for_each_unit(units, length * source * stacked, on_cpu, backward_unit)
         if need_q:
             grad_q *= ctx.scale
             grad_q = unbroadcast(grad_q, shape_q)
