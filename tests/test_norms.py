@@ -18,6 +18,8 @@ from tinynorm.ops import _rows
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing import strategies as tst
 
+from demos._seed_torch import SeedLayerNorm  # the seed tutorial's from-scratch LayerNorm
+
 RTOL64 = 1e-10  # float64 parity with PyTorch
 
 # kernels.fused(on) for the whole test: True runs the kernels (numba on the CPU, which CI
@@ -172,22 +174,6 @@ def test_module_options_and_reprs_match_torch():
         ours, theirs = nn.RMSNorm(*args, **kwargs), torch.nn.RMSNorm(*args, **kwargs)
         assert repr(ours) == repr(theirs)
         assert list(ours.state_dict()) == list(theirs.state_dict())
-
-
-class SeedLayerNorm(torch.nn.Module):
-    """The seed tutorial's from-scratch LayerNorm, as written there (parameters gamma, beta)."""
-
-    def __init__(self, d_model, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.gamma = torch.nn.Parameter(torch.ones(d_model))
-        self.beta = torch.nn.Parameter(torch.zeros(d_model))
-
-    def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        x_norm = (x - mean) / torch.sqrt(var + self.eps)
-        return self.gamma * x_norm + self.beta
 
 
 def test_seed_layer_norm_loads_through_a_key_mapping():

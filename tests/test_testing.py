@@ -76,37 +76,33 @@ class XExpMissingTerm(tn.Function):
         return xp.exp(x) * grad_out
 
 
-class SumRowsWrongShape(tn.Function):
-    """Returns x·2 but a gradient with the first axis summed away."""
+class Doubles(tn.Function):
+    """y = 2x; the subclasses below give it backwards that are wrong in one way each."""
 
     @staticmethod
     def forward(ctx, x):
         return 2 * x
+
+
+class SumRowsWrongShape(Doubles):
+    """Returns x·2 but a gradient with the first axis summed away."""
 
     @staticmethod
     def backward(ctx, grad_out):
         return (2 * grad_out).sum(axis=0)
 
 
-class LeakyZero(tn.Function):
+class LeakyZero(Doubles):
     """Backward adds a constant: right slope, but a zero upstream gradient gives non-zero."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return 2 * x
 
     @staticmethod
     def backward(ctx, grad_out):
         return 2 * grad_out + 1e-3
 
 
-class NoisyBackward(tn.Function):
+class NoisyBackward(Doubles):
     """A correct backward with relative noise of 1e-12: fine for finite differences (and zero
     for a zero grad_out), but two runs differ."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return 2 * x
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -255,11 +251,7 @@ def test_gradcheck_needs_an_input_that_requires_grad():
 
 def test_gradcheck_upstream_gradient_is_not_all_ones():
     # sum() would hide a backward that ignores grad_out's values; a random G does not
-    class IgnoresGradOut(tn.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return 2 * x
-
+    class IgnoresGradOut(Doubles):
         @staticmethod
         def backward(ctx, grad_out):
             xp = tn.backend.array_module(grad_out)
