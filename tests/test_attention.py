@@ -203,6 +203,22 @@ def test_recompute_with_dropout_gradcheck(inputs):
     assert gradcheck(attend, (q, k, v, mask))
 
 
+@settings(max_examples=15)
+@given(inputs=attention_inputs(max_len=5))
+def test_dropout_with_p_kept_for_backward_gradcheck(inputs):
+    """Dropout without recompute and without returning the weights: backward reads the saved
+    P, which the dropped weights P_d must not overwrite (what MultiheadAttention with
+    need_weights=False does on short sequences while training)."""
+    q, k, v, mask = leaf_inputs(inputs)
+
+    def attend(q, k, v, mask):
+        tn.manual_seed(13)
+        return F.scaled_dot_product_attention(q, k, v, mask, dropout_p=0.4,
+                                              is_causal=inputs.is_causal)
+
+    assert gradcheck(attend, (q, k, v, mask))
+
+
 @pytest.mark.parametrize("min_unit", [1, 1 << 15, 1 << 40])  # per head, per batch item, all
 @pytest.mark.parametrize("recompute", [False, True])
 def test_row_blocks_without_causal_mask_match_torch(recompute, min_unit):

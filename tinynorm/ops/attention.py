@@ -252,8 +252,12 @@ class ScaledDotProductAttention(Function):
             keep = backend.generator(xp).random(shape, dtype=q.dtype) >= dropout_p
         probs = (_new(xp, shape, q.dtype, is_causal)
                  if (saving and not recompute) or (return_weights and keep is None) else None)
-        dropped = _new(xp, shape, q.dtype, is_causal) if return_weights and keep is not None \
-            else probs
+        # P_d, the weights applied to V: P itself without dropout; with it, a separate array
+        # only for the caller (never P's: backward reads P), else block-sized scratch
+        if keep is None:
+            dropped = probs
+        else:
+            dropped = _new(xp, shape, q.dtype, is_causal) if return_weights else None
         lse = xp.zeros(batch + (length, 1), dtype=q.dtype) if saving and recompute else None
         # every row is written below, unless there are no keys: then O = 0
         out = _new(xp, batch + (length, v.shape[-1]), q.dtype, zeroed=not source)
