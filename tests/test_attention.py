@@ -396,10 +396,10 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal((2, length, 8))) for _ in range(3))
     allowed = np.tri(length, dtype=bool)
     calls = []
-    original = attention_ops._mask_
+    original = attention_ops._row_blocks
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "_mask_", lambda s, m, causal, r0, xp: (
-            calls.append(causal), original(s, m, causal, r0, xp))[1])
+        patch.setattr(attention_ops, "_row_blocks", lambda length, source, causal, *rest: (
+            calls.append(causal), original(length, source, causal, *rest))[1])
         out = F.scaled_dot_product_attention(q, k, v, tn.tensor(allowed))
         grad = rng.standard_normal(out.shape)
         out.backward(grad)
@@ -413,8 +413,8 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
     almost[5, 3] = False  # not causal: the mask path
     calls.clear()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "_mask_", lambda s, m, causal, r0, xp: (
-            calls.append(causal), original(s, m, causal, r0, xp))[1])
+        patch.setattr(attention_ops, "_row_blocks", lambda length, source, causal, *rest: (
+            calls.append(causal), original(length, source, causal, *rest))[1])
         F.scaled_dot_product_attention(q, k, v, tn.tensor(almost))
     assert calls and not any(calls)
 

@@ -21,6 +21,7 @@ from .. import backend
 from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
 from ._rows import for_each_block
+from ._rows import row_dot as row_dot_of
 
 OP = "scaled_dot_product_attention"
 
@@ -122,19 +123,6 @@ def _is_causal_mask(attn_mask, length, source, xp) -> bool:
             and bool((attn_mask == xp.tri(length, source, dtype=backend.bool_)).all()))
 
 
-def _mask_(scores, attn_mask, is_causal, r0, xp):
-    """S += M in place on one block of scores whose first row is query r0 (``attn_mask`` the
-    block's part of the mask, or None)."""
-    if is_causal:  # query i sees keys j <= i (top-left aligned, as torch's tril)
-        rows, keys = scores.shape[-2:]
-        allowed = xp.tri(rows, keys, k=r0, dtype=backend.bool_)
-        xp.copyto(scores, -xp.inf, where=~allowed)
-    elif attn_mask is not None and attn_mask.dtype.kind == "b":
-        xp.copyto(scores, -xp.inf, where=~attn_mask)
-    elif attn_mask is not None:
-        scores += attn_mask
-
-
 def _softmax_rows_(scores, xp):
     """Softmax over the last axis, in place on ``scores`` (our own array); returns
     log Σ e^S per row (the log-sum-exp, what recomputation needs).
@@ -164,22 +152,34 @@ class _Inputs:
 
     def __init__(self, q, k, v, attn_mask, is_causal, scale, batch, make_scores=True):
         xp = backend.array_module(*(a for a in (q, k, v) if a is not None))
-        self.xp, self.is_causal = xp, is_causal
+        self.xp = xp
 
         def spread(a):
             return None if a is None else xp.broadcast_to(a, batch + a.shape[-2:])
 
         self.q, self.k, self.v = spread(q), spread(k), spread(v)
         self.q_scaled = spread(q * q.dtype.type(scale)) if make_scores else None
-        self.mask = None if attn_mask is None else xp.broadcast_to(
-            attn_mask, batch + (q.shape[-2], k.shape[-2]))
+        # the mask, made once for every block: where S is set to −inf (causal: query i sees
+        # keys j <= i, top-left aligned as torch's tril; bool: False = may not attend), or
+        # what is added to S (a float mask)
+        scores_shape = batch + (q.shape[-2], k.shape[-2])
+        self.masked_out = self.added = None
+        if is_causal:
+            self.masked_out = xp.broadcast_to(
+                ~xp.tri(*scores_shape[-2:], dtype=backend.bool_), scores_shape)
+        elif attn_mask is not None and attn_mask.dtype.kind == "b":
+            self.masked_out = xp.broadcast_to(~attn_mask, scores_shape)
+        elif attn_mask is not None:
+            self.added = xp.broadcast_to(attn_mask, scores_shape)
 
     def scores(self, unit, r0, r1, keys, out, lse=None):
         xp = self.xp
         xp.matmul(self.q_scaled[unit][..., r0:r1, :],
                   self.k[unit][..., :keys, :].swapaxes(-1, -2), out=out)
-        mask = None if self.mask is None else self.mask[unit][..., r0:r1, :keys]
-        _mask_(out, mask, self.is_causal, r0, xp)
+        if self.masked_out is not None:  # S = −inf where masked
+            xp.copyto(out, -xp.inf, where=self.masked_out[unit][..., r0:r1, :keys])
+        elif self.added is not None:  # S += M
+            out += self.added[unit][..., r0:r1, :keys]
         if lse is None:
             return _softmax_rows_(out, xp)
         out -= lse[unit][..., r0:r1, :]
@@ -371,10 +371,10 @@ class ScaledDotProductAttention(Function):
                     continue
                 grad_scores = xp.matmul(d_out, inputs.v[unit][seen].swapaxes(-1, -2),
                                         out=scratch.get("grad_scores", p.shape))  # dP_d
-                row_dot = (d_out * out[unit][rows]).sum(axis=-1, keepdims=True)
+                row_dot = row_dot_of(d_out, out[unit][rows])[..., None]
                 if weights_used:
                     grad_scores += grad_weights[unit][block]
-                    row_dot += (grad_weights[unit][block] * p_d).sum(axis=-1, keepdims=True)
+                    row_dot += row_dot_of(grad_weights[unit][block], p_d)[..., None]
                 if keep is not None:
                     grad_scores *= keep[unit][block]
                     grad_scores *= factor
