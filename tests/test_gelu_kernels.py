@@ -88,13 +88,15 @@ def test_forward_matches_exact_maths_on_any_input(x):
 def test_the_op_runs_the_kernel_for_float32_and_the_reference_otherwise(monkeypatch):
     calls = []
     original = cpu_gelu.gelu_forward
-    monkeypatch.setattr(cpu_gelu, "gelu_forward", lambda x: calls.append(x.dtype) or original(x))
+    monkeypatch.setattr(cpu_gelu, "gelu_forward",
+                        lambda x, out=None: calls.append(x.dtype) or original(x, out))
     F.gelu(tn.tensor(rng.standard_normal(10).astype(np.float32)))
+    F.gelu(tn.tensor(rng.standard_normal((4, 5)).astype(np.float32).T))  # any layout
     F.gelu(tn.tensor(rng.standard_normal(10)))  # float64: SciPy's exact erf
     F.gelu(tn.tensor(rng.standard_normal(10).astype(np.float32)), approximate="tanh")
     with kernels.fused(False):
         F.gelu(tn.tensor(rng.standard_normal(10).astype(np.float32)))
-    assert calls == [np.float32]
+    assert calls == [np.float32, np.float32]
 
 
 @pytest.mark.parametrize("shape", [(7,), (3, 300_000)])  # one block, and blocks on threads

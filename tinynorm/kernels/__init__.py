@@ -56,14 +56,16 @@ def cpu_available() -> bool:
     return _numba.available()
 
 
-def use_cpu_kernels(*arrays) -> bool:
+def use_cpu_kernels(*arrays, contiguous=True) -> bool:
     """True when the kernels are on, numba is importable, and every array given (None is
-    skipped) is a non-empty, C-contiguous float32 or float64 CPU array, all of one dtype;
-    the norms take the reference path otherwise. (``use_fused`` stays CUDA-only.)"""
+    skipped) is a non-empty float32 or float64 CPU array, all of one dtype, and C-contiguous
+    unless ``contiguous=False`` (for kernels whose callers make flat copies themselves, as
+    GELU's); the ops take the reference path otherwise. (``use_fused`` stays CUDA-only.)"""
     given = [a for a in arrays if a is not None]
     return enabled and bool(given) and all(
         backend.is_array(a) and backend.device_of(a) == "cpu" and a.dtype in CTYPES
-        and a.dtype == given[0].dtype and a.size > 0 and a.flags.c_contiguous
+        and a.dtype == given[0].dtype and a.size > 0
+        and (a.flags.c_contiguous or not contiguous)
         for a in given
     ) and cpu_available()
 

@@ -48,24 +48,30 @@ def available() -> bool:
     return numba_module() is not None
 
 
-_row_sums = []  # helpers not yet registered with numba
+_helpers = []  # (python function, fastmath flags): helpers not yet registered with numba
 
 
-def row_sum(python_function):
-    """Decorator: a row-sum helper the kernels call, compiled into them (numba's
-    ``register_jitable``) with ROW_SUM_FASTMATH. It stays a plain Python function."""
-    _row_sums.append(python_function)
-    return python_function
+def compiled_helper(fastmath):
+    """Decorator: a helper the kernels call, compiled into them (numba's
+    ``register_jitable``) with the given fastmath flags. It stays a plain Python function."""
+    def register(python_function):
+        _helpers.append((python_function, fastmath))
+        return python_function
+    return register
 
 
-class cpu_kernel:
-    """Decorator: the Python function, compiled by ``numba.njit(**KERNEL_OPTIONS)`` on first
-    call (the row-sum helpers registered first). The Python function stays at
+row_sum = compiled_helper(ROW_SUM_FASTMATH)  # the norms' row-sum helpers
+
+
+class _Kernel:
+    """A Python function compiled by ``numba.njit(**KERNEL_OPTIONS)`` on its first call (the
+    helpers registered first), with its own fastmath flags. The Python function stays at
     ``.python_function``."""
 
-    def __init__(self, python_function):
+    def __init__(self, python_function, fastmath):
         functools.update_wrapper(self, python_function)
         self.python_function = python_function
+        self.fastmath = fastmath
         self._compiled = None
 
     def __call__(self, *args):
@@ -73,11 +79,21 @@ class cpu_kernel:
             with _lock:  # two threads may make the first call at once
                 if self._compiled is None:
                     numba = numba_module() or _missing(self.python_function.__name__)
-                    while _row_sums:
+                    while _helpers:
+                        helper, flags = _helpers.pop()
                         numba.extending.register_jitable(
-                            fastmath=ROW_SUM_FASTMATH, error_model="numpy")(_row_sums.pop())
-                    self._compiled = numba.njit(**KERNEL_OPTIONS)(self.python_function)
+                            fastmath=flags, error_model="numpy")(helper)
+                    self._compiled = numba.njit(fastmath=self.fastmath, **KERNEL_OPTIONS)(
+                        self.python_function)
         return self._compiled(*args)
+
+
+def cpu_kernel(python_function=None, *, fastmath=frozenset()):
+    """Decorator, bare (``@cpu_kernel``: no fastmath) or with flags
+    (``@cpu_kernel(fastmath={...})``): the function compiled on first call."""
+    if python_function is None:
+        return lambda function: _Kernel(function, fastmath)
+    return _Kernel(python_function, fastmath)
 
 
 def _missing(name: str):

@@ -33,16 +33,22 @@ only float32-accurate. Tests check these kernels against the float64 reference.
 from __future__ import annotations
 
 import math
-import threading
 
 from .. import backend
-from . import _numba
+from ._numba import compiled_helper, cpu_kernel
 
+# Compiled with _numba.KERNEL_OPTIONS (error_model "numpy": a ÷ 0 gives inf instead of a
+# check that raises ZeroDivisionError; that check is a branch in the loop, and it alone kept
+# LLVM from vectorising it, about 5x slower) and these fastmath flags: `contract` (fused
+# multiply-add) and `reassoc` are safe here, no result depends on a difference that must
+# round to exactly 0; not `nnan`/`ninf`, so NaN and ±inf follow the maths.
+GELU_FASTMATH = {"reassoc", "nsz", "arcp", "contract"}
 EXP_FLOOR = -110.0  # e^−110 ≈ 1.7e−48: below it x·Φ(x) and x·φ(x) are 0 in float32
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+@compiled_helper(GELU_FASTMATH)
 def _exp_nonpositive(a):
     """e^a for a ≤ ~0 in float64, by scaling and squaring (see the module docstring)."""
     u = max(a, EXP_FLOOR) * (1.0 / 256.0)
@@ -53,6 +59,7 @@ def _exp_nonpositive(a):
     return p
 
 
+@compiled_helper(GELU_FASTMATH)
 def _normal_cdf(x):
     """Φ(x) in float64 from Numerical Recipes' erfc fit (see the module docstring)."""
     z = abs(x) * _INV_SQRT_2
@@ -64,6 +71,7 @@ def _normal_cdf(x):
     return half_erfc if x < 0 else 1.0 - half_erfc
 
 
+@cpu_kernel(fastmath=GELU_FASTMATH)
 def _forward(x, y):
     """y = x·Φ(x), element by element (x, y: 1-D float32 arrays of one length)."""
     for j in range(x.size):
@@ -71,6 +79,7 @@ def _forward(x, y):
         y[j] = v * _normal_cdf(v)
 
 
+@cpu_kernel(fastmath=GELU_FASTMATH)
 def _backward(x, g, dx):
     """dx = g·(Φ(x) + x·φ(x)), element by element."""
     for j in range(x.size):
@@ -79,42 +88,20 @@ def _backward(x, g, dx):
         dx[j] = g[j] * (_normal_cdf(v) + v * pdf)
 
 
-# ---- compiling, and the calls the op makes ------------------------------------------------
-# error_model="numpy": a ÷ 0 gives inf as in NumPy instead of a check that raises
-# ZeroDivisionError; that check is a branch in the loop, and it alone kept LLVM from
-# vectorising it (about 5x slower). `contract` (fused multiply-add) is safe here: no result
-# depends on a difference that must round to exactly 0.
-_OPTIONS = {"error_model": "numpy", "fastmath": {"reassoc", "nsz", "arcp", "contract"}}
-_kernels = None
-_lock = threading.Lock()
-
-
-def _compiled():
-    """(forward, backward) compiled, the helpers registered with numba first so that the
-    kernels call them compiled (and the Python functions stay plain Python)."""
-    global _kernels
-    with _lock:
-        if _kernels is None:
-            numba = _numba.numba_module() or _numba._missing("gelu")
-            for helper in (_exp_nonpositive, _normal_cdf):
-                numba.extending.register_jitable(**_OPTIONS)(helper)
-            options = dict(_OPTIONS, nogil=True, cache=True)
-            _kernels = (numba.njit(**options)(_forward), numba.njit(**options)(_backward))
-    return _kernels
-
-
-def gelu_forward(x):
-    """x·Φ(x) of a float32 CPU array (any shape), as a new C-contiguous array."""
+def gelu_forward(x, out=None):
+    """x·Φ(x) of a float32 CPU array (any layout), into ``out`` (C-contiguous, x's shape)
+    when given, else into a new array."""
     xp = backend.array_module(x)
-    y = xp.empty(x.shape, dtype=x.dtype)
-    _compiled()[0](xp.ascontiguousarray(x).reshape(-1), y.reshape(-1))
+    y = xp.empty(x.shape, dtype=x.dtype) if out is None else out
+    _forward(xp.ascontiguousarray(x).reshape(-1), y.reshape(-1))
     return y
 
 
-def gelu_backward(x, grad):
-    """grad·(Φ(x) + x·φ(x)) of float32 CPU arrays of one shape, as a new C-contiguous array."""
+def gelu_backward(x, grad, out=None):
+    """grad·(Φ(x) + x·φ(x)) of float32 CPU arrays of one shape (any layout), into ``out``
+    (C-contiguous) when given, else into a new array."""
     xp = backend.array_module(x)
-    dx = xp.empty(x.shape, dtype=x.dtype)
+    dx = xp.empty(x.shape, dtype=x.dtype) if out is None else out
     flat = (xp.ascontiguousarray(a).reshape(-1) for a in (x, grad))
-    _compiled()[1](*flat, dx.reshape(-1))
+    _backward(*flat, dx.reshape(-1))
     return dx

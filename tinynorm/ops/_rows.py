@@ -216,10 +216,12 @@ def matmul_by_rows(a, b, bias=None):
     return out
 
 
-def elementwise(fn, *arrays):
+def elementwise(fn, *arrays, writes_out=False):
     """``fn(*arrays)`` for an elementwise ``fn`` of same-shape arrays, computed in blocks of
     BLOCK_ELEMENTS shared out over the threads (for costly ufuncs such as erf, which NumPy
-    runs on one core). Small or GPU arrays go to ``fn`` whole."""
+    runs on one core). Small or GPU arrays go to ``fn`` whole. With ``writes_out``, ``fn``
+    takes ``out=`` and writes each block's result into its slice of the output, rather than
+    returning a block to be copied there."""
     x = arrays[0]
     if x.size < 2 * BLOCK_ELEMENTS or _num_threads == 1 or backend.device_of(x) != "cpu":
         return fn(*arrays)
@@ -230,7 +232,10 @@ def elementwise(fn, *arrays):
               for k, start in enumerate(range(0, x.size, BLOCK_ELEMENTS))]
 
     def work(k, part):
-        out[part] = fn(*(a[part] for a in flat))
+        if writes_out:
+            fn(*(a[part] for a in flat), out=out[part])
+        else:
+            out[part] = fn(*(a[part] for a in flat))
 
     for_each_block(blocks, 1, True, work)
     return out.reshape(x.shape)

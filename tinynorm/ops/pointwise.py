@@ -161,7 +161,7 @@ class GELU(Function):
         ctx.approximate = approximate
         ctx.save_for_backward(x)
         if approximate == "none" and _compiled_gelu(x):
-            return elementwise(kernels.cpu_gelu.gelu_forward, x)
+            return elementwise(kernels.cpu_gelu.gelu_forward, x, writes_out=True)
         return elementwise(_gelu_none if approximate == "none" else _gelu_tanh, x)
 
     @staticmethod
@@ -175,15 +175,16 @@ class GELU(Function):
         """
         (x,) = ctx.saved_tensors
         if ctx.approximate == "none" and _compiled_gelu(x, grad_out):
-            return elementwise(kernels.cpu_gelu.gelu_backward, x, grad_out), None
+            return elementwise(kernels.cpu_gelu.gelu_backward, x, grad_out, writes_out=True), None
         grad = _gelu_none_backward if ctx.approximate == "none" else _gelu_tanh_backward
         return elementwise(grad, x, grad_out), None
 
 
 def _compiled_gelu(*arrays) -> bool:
     """True where the compiled float32 kernels apply (float64 keeps SciPy's exact erf: the
-    kernels' erfc fit is float32-accurate only)."""
-    return arrays[0].dtype == backend.float32 and kernels.use_cpu_kernels(*arrays)
+    kernels' erfc fit is float32-accurate only); any layout, the kernels take flat copies."""
+    return (arrays[0].dtype == backend.float32
+            and kernels.use_cpu_kernels(*arrays, contiguous=False))
 
 
 def exp(x):
