@@ -11,6 +11,8 @@ on it, without a device.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from .. import backend
@@ -153,14 +155,7 @@ def like(op: str, what: str, a, x, shape) -> object:
     xp = backend.array_module(a, x, op=f"{op} (fused)")
     if a.dtype != x.dtype:
         raise TypeError(f"{op} (fused): {what} has dtype {a.dtype}, expected {x.dtype} like x")
-    if a.size != _prod(shape):
+    if a.size != math.prod(shape):
         raise ValueError(f"{op} (fused): {what} has shape {tuple(a.shape)}, expected "
-                         f"{_prod(shape)} elements, shape {tuple(shape)}")
+                         f"{math.prod(shape)} elements, shape {tuple(shape)}")
     return xp.ascontiguousarray(a.reshape(shape))
-
-
-def _prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out

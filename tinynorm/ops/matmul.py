@@ -6,11 +6,6 @@ from ._adjoint import broadcast_shape, unbroadcast
 from ._rows import matmul_by_rows
 
 
-def _as_matrices(a, b):
-    """NumPy's promotion of 1-D operands: a (k,) -> (1, k), b (k,) -> (k, 1)."""
-    return (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
-
-
 class MatMul(Function):
     """y = a @ b with NumPy's matmul rules (1-D operands promoted, batch dims broadcast)."""
 
@@ -29,7 +24,6 @@ class MatMul(Function):
                              f"broadcast together ({a.shape[:-2]} and {b.shape[:-2]})") from None
         ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
                               a if ctx.needs_input_grad[1] else None)
-        ctx.ndims = (a.ndim, b.ndim)
         ctx.shapes = (a.shape, b.shape)
         return a @ b
 
@@ -43,8 +37,8 @@ class MatMul(Function):
         Saves b only if a needs grad, and a only if b needs grad.
         """
         b, a = ctx.saved_tensors
-        nd_a, nd_b = ctx.ndims
         shape_a, shape_b = ctx.shapes
+        nd_a, nd_b = len(shape_a), len(shape_b)
         g = grad_out
         if nd_b == 1:  # the column axis first: for two 1-D operands grad_out is 0-d
             g = g[..., None]

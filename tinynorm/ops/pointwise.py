@@ -68,15 +68,15 @@ class Abs(Function):
 
     @staticmethod
     def forward(ctx, x):
-        xp = backend.array_module(x)
-        ctx.save_for_backward(xp.sign(x))
-        return xp.abs(x)
+        ctx.save_for_backward(x)
+        return backend.array_module(x).abs(x)
 
     @staticmethod
     def backward(ctx, grad_out):
-        """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice). Saves sign(x)."""
-        (sign,) = ctx.saved_tensors
-        return grad_out * sign
+        """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice). Saves x (the input, no new
+        memory) and takes its sign here."""
+        (x,) = ctx.saved_tensors
+        return grad_out * backend.array_module(x).sign(x)
 
 
 class Tanh(Function):

@@ -61,7 +61,8 @@ class Max(Function):
                                f"(dim={dim}); the maximum of nothing is undefined")
         y = x.max(axis=axes, keepdims=True)
         ctx.axes, ctx.shape = axes, x.shape
-        ctx.save_for_backward(x == y)
+        if ctx.recording:  # the mask is for backward alone
+            ctx.save_for_backward(x == y)
         return y if keepdim else y.reshape([n for i, n in enumerate(y.shape) if i not in axes])
 
     @staticmethod
