@@ -12,7 +12,6 @@ on it, without a device.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 from .. import backend
