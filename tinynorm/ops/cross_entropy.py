@@ -55,7 +55,8 @@ class CrossEntropy(Function):
             smooth = -(smooth * valid)
             loss = (1 - label_smoothing) * loss + (label_smoothing / classes) * smooth
         del shifted
-        p /= sum_exp[:, None]  # p is our own array: normalise it in place
+        if ctx.recording:  # softmax(x), for backward alone: p is our own array, in place
+            p /= sum_exp[:, None]
 
         ctx.reduction, ctx.label_smoothing = reduction, label_smoothing
         ctx.mean_scale = None
