@@ -411,3 +411,18 @@ def test_deepcopy_copies_parameters():
     assert clone[0].weight.data is not model[0].weight.data
     for (k, a), (_, b) in zip(model.state_dict().items(), clone.state_dict().items()):
         np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_module_list_insert_checks_like_sequential():
+    """ModuleList.insert takes negative indices as a list does and refuses non-Modules and
+    out-of-range indices (the checks Sequential.insert makes; they now share them)."""
+    from tinynorm import nn as tnn
+
+    layers = tnn.ModuleList([tnn.Linear(1, 1), tnn.Linear(1, 2)])
+    layers.insert(-1, tnn.ReLU())
+    assert [type(m).__name__ for m in layers] == ["Linear", "ReLU", "Linear"]
+    assert list(dict(layers.named_children())) == ["0", "1", "2"]
+    with pytest.raises(TypeError, match="expected a Module"):
+        layers.insert(0, "not a module")
+    with pytest.raises(IndexError):
+        layers.insert(7, tnn.ReLU())
