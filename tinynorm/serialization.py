@@ -153,7 +153,7 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None, rng: bool 
     if model is not None:
         model.load_state_dict(model_state)
     if optimizer is not None:
-        optimizer.load_state_dict(optimizer_state)
+        optimizer._assign_checked(optimizer_state)  # checked and copied in step 1
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"]["state"])
     return {"step": meta.get("step"), "extra": meta.get("extra")}
@@ -234,8 +234,9 @@ def _model_state(path: str, saved: dict, arrays: dict, model) -> dict:
     return state
 
 
-def _optimizer_state(path: str, saved: dict, arrays: dict, optimizer) -> dict:
-    """The optimizer's state_dict rebuilt from JSON and arrays, and checked by it."""
+def _optimizer_state(path: str, saved: dict, arrays: dict, optimizer) -> tuple:
+    """The optimizer's state_dict rebuilt from JSON and arrays and checked by it: what its
+    ``check_state_dict`` returns, ready to assign."""
     if saved.get("type") != type(optimizer).__name__:
         raise CheckpointError(f"{path}: the checkpoint holds {saved.get('type')} state, not "
                               f"{type(optimizer).__name__}")
@@ -250,8 +251,7 @@ def _optimizer_state(path: str, saved: dict, arrays: dict, optimizer) -> dict:
             raise
         raise CheckpointError(f"{path}: malformed optimizer state ({type(err).__name__}: "
                               f"{err})") from None
-    _checked(path, "optimizer", optimizer.check_state_dict, state_dict)
-    return state_dict
+    return _checked(path, "optimizer", optimizer.check_state_dict, state_dict)
 
 
 def _rng_state(path: str, saved: dict, arrays: dict) -> dict:

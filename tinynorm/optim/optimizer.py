@@ -161,9 +161,12 @@ class Optimizer:
         """Replace state and options by those of ``state_dict`` (checked first: on an error
         nothing changes). State arrays are copied onto each parameter's device; floating
         ones take the parameter's dtype, as PyTorch."""
-        new_state, new_groups = self.check_state_dict(state_dict)
-        self.state = new_state
-        self.param_groups = new_groups
+        self._assign_checked(self.check_state_dict(state_dict))
+
+    def _assign_checked(self, checked) -> None:
+        """Assign what ``check_state_dict`` returned (checked and copied already; also how
+        ``tinynorm.serialization.load`` assigns what it checked, without a second copy)."""
+        self.state, self.param_groups = checked
 
     def __repr__(self) -> str:
         text = type(self).__name__ + " ("
