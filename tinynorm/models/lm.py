@@ -46,6 +46,7 @@ import math
 
 from .. import backend, nn, ops
 from ..nn import functional as F
+from ..nn.attention import merge_heads, split_heads
 from ..tensor import Tensor
 
 NORMS = ("pre", "post", "deepnorm", "none")
@@ -86,18 +87,12 @@ class CausalSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x):
-        batch, length, d_model = x.shape
-        head_dim = d_model // self.num_heads
-
-        def heads(t):  # (B, T, d) → (B, H, T, d_head)
-            return ops.permute(ops.reshape(t, (batch, length, self.num_heads, head_dim)),
-                               (0, 2, 1, 3))
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        # (B, T, d) → (B, H, T, d_head) and back, as nn.MultiheadAttention with batch_first
+        q, k, v = (split_heads(proj(x), self.num_heads, batch_dim=0)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         dropout_p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        out = ops.reshape(ops.permute(out, (0, 2, 1, 3)), (batch, length, d_model))
-        return self.out_proj(out)
+        return self.out_proj(merge_heads(out, batch_dim=0))
 
 
 class MLP(nn.Module):

@@ -127,7 +127,7 @@ class MultiheadAttention(Module):
         source = key.shape[1 - batch_dim]
 
         q, k, v = self._in_projection(query, key, value, *same)
-        q, k, v = (_split_heads(t, self.num_heads, batch_dim) for t in (q, k, v))
+        q, k, v = (split_heads(t, self.num_heads, batch_dim) for t in (q, k, v))
         mask = _merged_mask(attn_mask, key_padding_mask, n, self.num_heads, length, source,
                             batched, q.dtype, backend.array_module(q.data))
         dropout_p = self.dropout if self.training else 0.0
@@ -141,7 +141,7 @@ class MultiheadAttention(Module):
         else:
             heads = scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal,
                                                  recompute=_recompute(q, k, v))
-        out = self.out_proj(_merge_heads(heads, batch_dim))
+        out = self.out_proj(merge_heads(heads, batch_dim))
         return (out if batched else ops.squeeze(out, 1)), weights
 
     def _in_projection(self, query, key, value, self_attention, key_is_value):
@@ -164,14 +164,14 @@ class MultiheadAttention(Module):
         return ops.linear(query, w_q, b_q), ops.linear(key, w_k, b_k), ops.linear(value, w_v, b_v)
 
 
-def _split_heads(x, num_heads, batch_dim):
+def split_heads(x, num_heads, batch_dim):
     """(L, N, E) or (N, L, E) → (N, num_heads, L, head_dim), a view where possible."""
     a, b, e = x.shape
     heads = ops.reshape(x, a, b, num_heads, e // num_heads)
     return ops.permute(heads, 1, 2, 0, 3) if batch_dim == 1 else ops.permute(heads, 0, 2, 1, 3)
 
 
-def _merge_heads(x, batch_dim):
+def merge_heads(x, batch_dim):
     """(N, num_heads, L, head_dim) → (L, N, E) or (N, L, E)."""
     n, h, length, d = x.shape
     if batch_dim == 1:
