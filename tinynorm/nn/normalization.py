@@ -6,18 +6,11 @@ The maths and its hand-derived backward live in ``F.layer_norm`` and ``F.rms_nor
 """
 from __future__ import annotations
 
-from numbers import Integral
-
 from ..creation import empty
+from ..ops._rows import as_normalized_shape
 from . import functional as F
 from . import init
 from .module import Module, Parameter
-
-
-def _as_shape(normalized_shape) -> tuple:
-    if isinstance(normalized_shape, Integral):
-        return (normalized_shape,)
-    return tuple(int(s) for s in normalized_shape)
 
 
 def _register_affine(module, name: str, present: bool, device, dtype) -> None:
@@ -39,7 +32,7 @@ class LayerNorm(Module):
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
                  bias: bool = True, device=None, dtype=None):
         super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
+        self.normalized_shape = as_normalized_shape(type(self).__name__, normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         _register_affine(self, "weight", elementwise_affine, device, dtype)
@@ -70,7 +63,7 @@ class RMSNorm(Module):
     def __init__(self, normalized_shape, eps: float | None = None,
                  elementwise_affine: bool = True, device=None, dtype=None):
         super().__init__()
-        self.normalized_shape = _as_shape(normalized_shape)
+        self.normalized_shape = as_normalized_shape(type(self).__name__, normalized_shape)
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         _register_affine(self, "weight", elementwise_affine, device, dtype)

@@ -66,15 +66,21 @@ def set_num_threads(n: int) -> None:
 
 
 # ---- argument checks --------------------------------------------------------------------
+def as_normalized_shape(op: str, normalized_shape) -> tuple:
+    """``normalized_shape`` (an int or a sequence of ints) as a tuple of at least one dim."""
+    shape = (int(normalized_shape),) if isinstance(normalized_shape, Integral) else tuple(
+        int(s) for s in normalized_shape)
+    if not shape:
+        raise ValueError(f"{op}: normalized_shape must have at least one dim, got ()")
+    return shape
+
+
 def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tuple:
     """``normalized_shape`` as a tuple, after checking x, weight and bias against it.
 
     Errors name the op and both shapes (or the dtypes), as PyTorch's do.
     """
-    shape = (int(normalized_shape),) if isinstance(normalized_shape, Integral) else tuple(
-        int(s) for s in normalized_shape)
-    if not shape:
-        raise ValueError(f"{op}: normalized_shape must have at least one dim, got ()")
+    shape = as_normalized_shape(op, normalized_shape)
     require_float(op, x)
     if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"{op}: input of shape {tuple(x.shape)} does not end in normalized_shape "
