@@ -64,7 +64,9 @@ class Adam(Optimizer):
                     g = g + weight_decay * p.data  # a new array: p.grad stays unchanged
             m += (1 - beta1) * (g - m)
             v *= beta2
-            v += (1 - beta2) * (g * g)
+            g_squared = g * g  # one new array, scaled in place
+            g_squared *= 1 - beta2
+            v += g_squared
             if amsgrad:
                 xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
                 v_hat = state["max_exp_avg_sq"]
@@ -74,10 +76,12 @@ class Adam(Optimizer):
             bias_correction1 = 1 - beta1 ** t
             bias_correction2_sqrt = math.sqrt(1 - beta2 ** t)
             step_size = lr / bias_correction1
-            denom = xp.sqrt(v_hat)  # the one new array of the denominator, then in place
+            denom = xp.sqrt(v_hat)  # new arrays: the denominator and the update, then in place
             denom /= bias_correction2_sqrt
             denom += eps
-            p.data -= step_size * (m / denom)
+            update = m / denom
+            update *= step_size
+            p.data -= update
 
 
 class AdamW(Adam):
