@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 import tinynorm as tn
-from tinynorm.data import CharCorpus, CopyTask, data_generator
+from tinynorm.data import CharCorpus, data_generator
 from tinynorm.models import CausalLM
 from tinynorm.optim.lr_scheduler import WarmupLR
 
@@ -27,9 +27,9 @@ ADAM_BETAS = (0.9, 0.98)  # Xiong et al. 2020 and Vaswani et al. 2017
 STALL_MARGIN = 0.15  # nats: a final loss above H − this has learned (almost) only frequencies
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TINYNORM_NUM_THREADS")
 
-DEFAULTS = dict(task="stdlib", num_layers=6, d_model=64, num_heads=4, d_ff=None, norm="pre",
+DEFAULTS = dict(num_layers=6, d_model=64, num_heads=4, d_ff=None, norm="pre",
                 norm_type="layer", residual=True, lr=1e-3, warmup=0, steps=200, batch=8,
-                seq_len=32, seed=0, val_batches=4, clip=None, copy_length=8, copy_vocab=10)
+                seq_len=32, seed=0, val_batches=4)
 
 
 def RunConfig(**overrides) -> dict:  # noqa: N802 — reads as a constructor
@@ -52,16 +52,13 @@ def corpus() -> CharCorpus:
 
 def build_model(cfg: dict, vocab_size: int) -> CausalLM:
     return CausalLM(vocab_size, cfg["d_model"], cfg["num_heads"], cfg["num_layers"],
-                    d_ff=cfg["d_ff"], max_len=max(cfg["seq_len"], 2 * cfg["copy_length"]),
+                    d_ff=cfg["d_ff"], max_len=cfg["seq_len"],
                     norm=cfg["norm"], norm_type=cfg["norm_type"], residual=cfg["residual"])
 
 
 def batches(cfg: dict):
-    """A function giving the next (x, y) training batch of ``cfg``'s task, and the vocab size."""
+    """A function giving the next (x, y) training batch of the corpus, and the vocab size."""
     generator = data_generator(cfg["seed"])
-    if cfg["task"] == "copy":
-        task = CopyTask(cfg["copy_vocab"], cfg["copy_length"])
-        return (lambda: task.get_batch(cfg["batch"], generator)), task.vocab_size
     data = corpus()
     return (lambda: data.get_batch("train", cfg["batch"], cfg["seq_len"], generator),
             data.vocab_size)
@@ -69,8 +66,8 @@ def batches(cfg: dict):
 
 class Run:
     """One model of ``cfg`` with its optimizer, schedule and batches, seeded by ``cfg["seed"]``:
-    Adam(betas=ADAM_BETAS), a linear warm-up over ``cfg["warmup"]`` steps then a constant lr,
-    gradient clipping if ``cfg["clip"]``. Build it inside ``C.setup(backend, ...)``."""
+    Adam(betas=ADAM_BETAS), a linear warm-up over ``cfg["warmup"]`` steps then a constant lr.
+    Build it inside ``C.setup(backend, ...)``."""
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
@@ -88,8 +85,6 @@ class Run:
         if math.isfinite(value):
             self.optimizer.zero_grad()
             loss.backward()
-            if self.cfg["clip"]:
-                tn.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip"])
             self.optimizer.step()
             self.schedule.step()
         return value
@@ -103,32 +98,29 @@ class Run:
                 for _ in range(self.cfg["val_batches"])]))
 
 
-def train(cfg: dict, backend: str = "numpy", on_step=None) -> dict:
+def train(cfg: dict, backend: str = "numpy") -> dict:
     """Train one ``Run`` for ``cfg["steps"]`` steps.
 
     Returns the loss of every step (nan after a divergence, which ends the run), ``final``
-    (the mean of the last 10% of steps), ``val`` (``Run.validation_loss``, stdlib task
-    only), ``diverged``, and the wall time per step. ``on_step(step, model)`` is called
-    after every update, if given, and what it returns is collected in ``probes``.
+    (the mean of the last 10% of steps), ``val`` (``Run.validation_loss``), ``diverged``,
+    and the wall time per step.
     """
     with C.setup(backend, cfg["seed"]):
         run = Run(cfg)
-        losses, probes, diverged = [], [], False
+        losses, diverged = [], False
         start = time.perf_counter()
-        for step in range(cfg["steps"]):
+        for _ in range(cfg["steps"]):
             losses.append(run.step())
             if not math.isfinite(losses[-1]):
                 diverged = True
                 break
-            if on_step is not None:
-                probes.append(on_step(step, run.model))
         seconds = time.perf_counter() - start
         done = len(losses)
         losses += [math.nan] * (cfg["steps"] - done)
         final = math.nan if diverged else float(np.mean(losses[-max(1, cfg["steps"] // 10):]))
-        val = math.nan if diverged or cfg["task"] != "stdlib" else run.validation_loss()
+        val = math.nan if diverged else run.validation_loss()
     return {"config": cfg, "losses": losses, "final": final, "val": val, "diverged": diverged,
-            "seconds_per_step": seconds / max(1, done), "probes": probes}
+            "seconds_per_step": seconds / max(1, done)}
 
 
 def _job(args):
