@@ -123,7 +123,6 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         ax.legend(fontsize=8)
     figure = C.save(fig, out, "training_update_size.png")
 
-    post, deep = curves["post"], curves["deepnorm"]
     growth = {n: float(curves[n]["ln_input"][-1] / curves[n]["ln_input"][0]) for n in NORMS}
     max_update = {n: float(np.max(curves[n]["update"])) for n in NORMS}
     first = {n: float(curves[n]["update"][1]) for n in NORMS}

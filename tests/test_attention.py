@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinynorm as tn
-from tinynorm import nn
 from tinynorm.nn import functional as F
 from tinynorm.ops import attention as attention_ops
 from tinynorm.ops.attention import attention_with_weights
