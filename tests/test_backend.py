@@ -208,7 +208,8 @@ def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
 
     before = tn.backend.blas_threads()
     if before is None:  # a BLAS other than OpenBLAS 0.3.27+: nothing to switch
-        assert tn.backend.blas_threads() is None
+        # CI installs NumPy from PyPI, whose OpenBLAS has the setting: there it must be found
+        assert os.environ.get("CI", "").lower() != "true", "NumPy's OpenBLAS was not found"
         return
     seen = []
     blocks = [(k, slice(k, k + 1)) for k in range(4)]

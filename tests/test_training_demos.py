@@ -65,7 +65,6 @@ def test_warmup(tmp_path, entropy):
         key = (c["num_layers"], c["norm"], c["lr"], c["seed"])
         firsts.setdefault(key, set()).add(run["losses"][0])
     assert all(len(v) == 1 for v in firsts.values())
-    assert ("claim holds" in r["verdict"]) or ("does NOT hold" in r["verdict"])
     assert len(r["checks"]) == 4
 
 
