@@ -23,6 +23,8 @@ from tinynorm.testing import assert_close
 torch = pytest.importorskip("torch")
 tnn = torch.nn
 
+from demos._seed_torch import SeedLayerNorm, SeedRMSNorm  # noqa: E402 — needs torch
+
 TOL = 1e-9
 D_MODEL, NUM_HEADS, D_FF = 16, 4, 24
 SEQ, BATCH = 5, 3
@@ -45,30 +47,6 @@ class RefDeepNetworkWithResiduals(RefDeepNetworkWithoutResiduals):
         for layer in self.layers:
             x = x + torch.tanh(layer(x))
         return x
-
-
-class RefLayerNorm(tnn.Module):
-    def __init__(self, d_model, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.gamma = tnn.Parameter(torch.ones(d_model))
-        self.beta = tnn.Parameter(torch.zeros(d_model))
-
-    def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
-
-
-class RefRMSNorm(tnn.Module):
-    def __init__(self, d_model, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = tnn.Parameter(torch.ones(d_model))
-
-    def forward(self, x):
-        rms = torch.sqrt(torch.mean(x ** 2, dim=-1, keepdim=True) + self.eps)
-        return self.weight * (x / rms)
 
 
 def _ref_feed_forward(d_model, d_ff):
@@ -117,7 +95,7 @@ class RefPreNormTransformerBlock(RefPostNormTransformerBlock):
 class RefModernTransformerBlock(tnn.Module):
     def __init__(self, d_model, num_heads, d_ff, dropout=0.1, use_rms_norm=False):
         super().__init__()
-        norm_class = RefRMSNorm if use_rms_norm else tnn.LayerNorm
+        norm_class = SeedRMSNorm if use_rms_norm else tnn.LayerNorm
         self.norm1 = norm_class(d_model)
         self.norm2 = norm_class(d_model)
         self.attention = tnn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
@@ -213,8 +191,8 @@ def test_deep_networks_match_seed(tn_cls, ref_cls):
 
 
 @pytest.mark.parametrize("tn_cls, ref_cls", [
-    (models.LayerNorm, RefLayerNorm),
-    (models.RMSNorm, RefRMSNorm),
+    (models.LayerNorm, SeedLayerNorm),
+    (models.RMSNorm, SeedRMSNorm),
 ])
 def test_seed_norms_match_seed(tn_cls, ref_cls):
     model, ref = _pair(tn_cls, ref_cls, D_MODEL)
