@@ -74,7 +74,8 @@ step "2. benchmark" "$T_BENCH" bench.log "$PY" benchmarks/gpu.py --out "$OUT/ben
 step "3. demos --quick --backend cupy" "$T_DEMOS" demos_cupy.log \
     "$PY" -m demos all --quick --backend cupy --out "$(mktemp -d)"
 step "4. whole suite --backend cupy" "$T_SUITE" suite_cupy.log \
-    "${PYTEST[@]}" --durations=10 tests
+    "${PYTEST[@]}" --durations=10 tests \
+    --ignore=tests/test_gpu.py --ignore=tests/test_gpu_emulated.py  # step 1 ran those
 
 {
     echo "=== summary ($(date -u)) ==="
