@@ -118,14 +118,12 @@ def _launchers(source) -> str:
 _libraries: dict = {}
 
 
-def build(source, sanitize: bool = False):
+def build(source):
     """The shared library of ``source`` (a kernels Source) compiled for the CPU, cached by
     content in a temporary folder for the life of the process."""
     text = SHIM + source.code + "\n" + _launchers(source)
     flags = ["-std=c++20", "-O1", "-g", "-pthread", "-shared", "-fPIC", "-w",
              "-ffp-contract=off"]
-    if sanitize:
-        flags.append("-fsanitize=thread")
     key = hashlib.sha256((text + " ".join(flags)).encode()).hexdigest()[:16]
     if key not in _libraries:
         folder = tempfile.mkdtemp(prefix="tinynorm-cuda-on-cpu-")
@@ -165,12 +163,11 @@ class CpuThreadsModule(EmulatedModule):
     """CuPy's RawModule, compiling the CUDA source for CPU threads instead of the GPU."""
 
     kernel_class = CpuThreadsKernel
-    sanitize = False
 
     def __init__(self, code, options, name_expressions):
         super().__init__(code, options, name_expressions)
         source = next(s for s in _sources() if s.code == code)
-        self.library = build(source, sanitize=self.sanitize)
+        self.library = build(source)
 
 
 def _sources():
