@@ -216,8 +216,8 @@ def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
     saved = _rows.get_num_threads()
     _rows.set_num_threads(2)
     try:
-        _rows.for_each_block(blocks, _rows.BLOCK_ELEMENTS, True,
-                             lambda k, rows: seen.append(tn.backend.blas_threads()))
+        _rows.for_each_block(blocks, lambda k, rows: seen.append(tn.backend.blas_threads()),
+                             4 * _rows.BLOCK_ELEMENTS)
         assert seen == [1, 1, 1, 1]
         assert tn.backend.blas_threads() == before
 
@@ -225,7 +225,7 @@ def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
             raise ValueError("block failed")
 
         with pytest.raises(ValueError, match="block failed"):
-            _rows.for_each_block(blocks, _rows.BLOCK_ELEMENTS, True, fail)
+            _rows.for_each_block(blocks, fail, 4 * _rows.BLOCK_ELEMENTS)
         assert tn.backend.blas_threads() == before
     finally:
         _rows.set_num_threads(saved)

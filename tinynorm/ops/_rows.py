@@ -134,12 +134,16 @@ def block_rows(rows: int, n: int) -> int:
     return max(1, min(rows, MAX_BLOCK_ROWS, BLOCK_ELEMENTS // max(n, 1)))
 
 
+def slices(total: int, step: int) -> list:
+    """``(k, part)`` for k = 0, 1, …: ``part`` the k-th slice of ``step`` out of range(total)."""
+    return [(k, slice(start, min(start + step, total)))
+            for k, start in enumerate(range(0, total, step))]
+
+
 def row_blocks(rows: int, n: int, on_cpu: bool) -> list:
     """``(k, rows_k)`` for every block k, rows_k the slice of its rows: CPU blocks of
     ``block_rows`` rows, or one block of every row for GPU arrays."""
-    step = block_rows(rows, n) if on_cpu else max(rows, 1)
-    return [(k, slice(start, min(start + step, rows)))
-            for k, start in enumerate(range(0, rows, step))]
+    return slices(rows, block_rows(rows, n) if on_cpu else max(rows, 1))
 
 
 def kernel_blocks(rows: int, n: int) -> list:
@@ -147,20 +151,19 @@ def kernel_blocks(rows: int, n: int) -> list:
     ``rows·n / KERNEL_BLOCK_ELEMENTS`` (at least one), all of about the same number of rows,
     so the threads' runs of blocks take about the same time."""
     count = max(1, -(-rows * n // KERNEL_BLOCK_ELEMENTS))
-    step = max(1, -(-rows // count))
-    return [(k, slice(start, min(start + step, rows)))
-            for k, start in enumerate(range(0, rows, step))]
+    return slices(rows, max(1, -(-rows // count)))
 
 
-def for_each_block(blocks: list, n: int, on_cpu: bool, work) -> None:
-    """Call ``work(k, rows_k)`` for every block of ``blocks`` (from ``row_blocks``) of rows of
-    n elements, the blocks shared out over the threads on the CPU. A thread is worth its
-    hand-over only for about BLOCK_ELEMENTS elements of work or more."""
-    elements = blocks[-1][1].stop * n if blocks else 0
-    threads = min(_num_threads, len(blocks), max(1, elements // BLOCK_ELEMENTS)) if on_cpu else 1
+def for_each_block(blocks: list, work, elements: int) -> None:
+    """Call ``work(k, part)`` for every ``(k, part)`` of ``blocks`` (rows from ``row_blocks``,
+    or any unit of work), the blocks shared out over the threads; ``elements``, the work of
+    all blocks together, sets how many threads are worth their hand-over: one per
+    BLOCK_ELEMENTS, at most one per block (a GPU caller's single block stays on this thread).
+    """
+    threads = min(_num_threads, len(blocks), max(1, elements // BLOCK_ELEMENTS))
     if threads <= 1:
-        for k, rows_k in blocks:
-            work(k, rows_k)
+        for k, part in blocks:
+            work(k, part)
         return
 
     pending, taking = iter(blocks), threading.Lock()
@@ -209,16 +212,14 @@ def matmul_by_rows(a, b, bias=None):
             out += bias  # our own fresh array
         return out
     out = xp.empty((m, n), dtype=xp.result_type(a, b))
-    step = -(-m // threads)
-    blocks = [(k, slice(start, min(start + step, m))) for k, start in enumerate(range(0, m, step))]
+    blocks = slices(m, -(-m // threads))
 
     def product(k, rows):
         xp.matmul(a[rows], b, out=out[rows])
         if bias is not None:
             out[rows] += bias
 
-    per_block = max(n, BLOCK_ELEMENTS)  # so that for_each_block gives each block a thread
-    for_each_block(blocks, per_block, True, product)
+    for_each_block(blocks, product, m * n * a.shape[1])
     return out
 
 
@@ -234,8 +235,7 @@ def elementwise(fn, *arrays, writes_out=False):
     xp = backend.array_module(*arrays)
     flat = [xp.ascontiguousarray(a).reshape(-1) for a in arrays]
     out = xp.empty(x.size, dtype=x.dtype)
-    blocks = [(k, slice(start, min(start + BLOCK_ELEMENTS, x.size)))
-              for k, start in enumerate(range(0, x.size, BLOCK_ELEMENTS))]
+    blocks = slices(x.size, BLOCK_ELEMENTS)
 
     def work(k, part):
         if writes_out:
@@ -243,7 +243,7 @@ def elementwise(fn, *arrays, writes_out=False):
         else:
             out[part] = fn(*(a[part] for a in flat))
 
-    for_each_block(blocks, 1, True, work)
+    for_each_block(blocks, work, x.size)
     return out.reshape(x.shape)
 
 

@@ -108,13 +108,6 @@ def _row_blocks(length, source, is_causal, on_cpu, heads_per_unit=1):
             for r0 in range(0, length, step)]
 
 
-def _for_each_unit(units: list, per_unit: int, on_cpu: bool, work) -> None:
-    """``work(unit)`` for every unit, shared out over the CPU thread pool (each unit writes
-    only its own rows of every output, so threads share nothing)."""
-    blocks = [(i, slice(i, i + 1)) for i in range(len(units))]
-    for_each_block(blocks, per_unit, on_cpu, lambda i, _: work(units[i]))
-
-
 def _is_causal_mask(attn_mask, length, source, xp) -> bool:
     """True for a bool (L, S) mask that is exactly the causal one (query i sees keys j <= i),
     as ``nn.MultiheadAttention`` gets it from the seed's blocks: attention then takes the
@@ -283,7 +276,8 @@ class ScaledDotProductAttention(Function):
                 xp.matmul(p, inputs.v[unit][..., :keys, :], out=out[unit][..., r0:r1, :])
 
         if source:
-            _for_each_unit(units, length * source * stacked, on_cpu, attend)
+            for_each_block(list(enumerate(units)), lambda _, unit: attend(unit),
+                           len(units) * stacked * length * source)
 
         ctx.scale, ctx.dropout_p, ctx.is_causal = scale, dropout_p, is_causal
         ctx.recompute = recompute
@@ -388,7 +382,8 @@ class ScaledDotProductAttention(Function):
                     grad_scores_all[unit][block] = grad_scores
 
         if source and length:
-            _for_each_unit(units, length * source * stacked, on_cpu, backward_unit)
+            for_each_block(list(enumerate(units)), lambda _, unit: backward_unit(unit),
+                           len(units) * stacked * length * source)
         if need_q:
             grad_q *= ctx.scale
             grad_q = unbroadcast(grad_q, shape_q)

@@ -60,7 +60,7 @@ class LayerNorm(Function):
                 kernels.cpu_norms.layer_norm_forward(x_rows, w, b, eps, rows_k.start, rows_k.stop,
                                                      y_rows, mean, rstd)
 
-            for_each_block(kernel_blocks(rows, n), n, True, normalize_compiled)
+            for_each_block(kernel_blocks(rows, n), normalize_compiled, rows * n)
             ctx.save_for_backward(x_rows, weight, mean, rstd)
             return y
         on_cpu = backend.device_of(x) == "cpu"
@@ -90,7 +90,7 @@ class LayerNorm(Function):
             mean[rows_k], rstd[rows_k] = mu, r
 
         if x_rows.size:
-            for_each_block(blocks, n, on_cpu, normalize)
+            for_each_block(blocks, normalize, rows * n)
         ctx.save_for_backward(x_rows, weight, mean, rstd)
         return y
 
@@ -155,7 +155,7 @@ class LayerNorm(Function):
                     dgamma_parts[k], dbeta_parts[k], xp.empty((2, n), dtype=x_rows.dtype),
                     need_x, need_gamma or need_beta)
 
-            for_each_block(blocks, n, True, backward_compiled)
+            for_each_block(blocks, backward_compiled, rows * n)
             return (dx if need_x else None, None,
                     column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
                     column_total(dbeta_parts if need_beta else None, ctx.shape, x_rows.dtype),
@@ -193,7 +193,7 @@ class LayerNorm(Function):
             c *= (r * r * r * mean_g_c)[:, None]
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
-        for_each_block(blocks, n, on_cpu, backward_block)
+        for_each_block(blocks, backward_block, rows * n)
         return (dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype),
                 column_total(dbeta_parts, ctx.shape, x_rows.dtype), None)
 

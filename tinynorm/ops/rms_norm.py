@@ -54,7 +54,7 @@ class RMSNorm(Function):
                 kernels.cpu_norms.rms_norm_forward(x_rows, w, eps, rows_k.start, rows_k.stop,
                                                    y_rows, rstd)
 
-            for_each_block(kernel_blocks(rows, n), n, True, normalize_compiled)
+            for_each_block(kernel_blocks(rows, n), normalize_compiled, rows * n)
             ctx.save_for_backward(x_rows, weight, rstd)
             return y
         on_cpu = backend.device_of(x) == "cpu"
@@ -75,7 +75,7 @@ class RMSNorm(Function):
             rstd[rows_k] = r
 
         if x_rows.size:
-            for_each_block(blocks, n, on_cpu, normalize)
+            for_each_block(blocks, normalize, rows * n)
         ctx.save_for_backward(x_rows, weight, rstd)
         return y
 
@@ -130,7 +130,7 @@ class RMSNorm(Function):
                     dy, x_rows, w, rstd, rows_k.start, rows_k.stop, dx_rows, dgamma_parts[k],
                     xp.empty((1, n), dtype=x_rows.dtype), need_x, need_gamma)
 
-            for_each_block(blocks, n, True, backward_compiled)
+            for_each_block(blocks, backward_compiled, rows * n)
             return (dx if need_x else None, None,
                     column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
                     None)
@@ -157,7 +157,7 @@ class RMSNorm(Function):
             xp.multiply(x_k, (r * r * r * mean_g_x)[:, None], out=dy_x)  # dy·x is spent
             xp.subtract(dx_k, dy_x, out=dx_k)  # − x·r³·mean(g·x)
 
-        for_each_block(blocks, n, on_cpu, backward_block)
+        for_each_block(blocks, backward_block, rows * n)
         return dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype), None
 
 
