@@ -1,4 +1,6 @@
-"""What layer_norm and rms_norm share: their argument checks, and the walk over rows.
+"""What layer_norm and rms_norm share (their argument checks, the walk over rows), and the
+thread pool that they, attention, GELU (``pointwise.elementwise``) and the linear layers'
+products (``matmul.matmul_by_rows``) share out their blocks on (``for_each_block``).
 
 Both ops normalise each *row*: the trailing ``normalized_shape`` dims of x flattened into
 one axis of n elements, every leading dim a row. They view x as a (rows, n) array and work
@@ -185,66 +187,6 @@ def for_each_block(blocks: list, work, elements: int) -> None:
             wait(futures)  # no worker may still be writing when we return or raise
     for f in futures:
         f.result()  # re-raises a worker's exception here
-
-
-MIN_THREADED_PRODUCT = 1 << 22  # multiply-adds below which a product stays on one thread
-
-
-def matmul_by_rows(a, b, bias=None):
-    """``a @ b`` (``+ bias``, an (n,) vector, when given) for 2-D a (m, k) and b (k, n): the
-    rows of a, and of the result, shared out over tinynorm's threads, each thread's product
-    on single-threaded BLAS and its bias added to its rows while they are in cache.
-
-    Why not let OpenBLAS thread the product itself: its idle worker threads keep spinning on
-    their queue for a while after each call, and on a 2-core machine they then compete with
-    tinynorm's threads in the next op (attention, the norms, GELU): a transformer block's
-    forward ran about 25% slower so. Splitting the rows here keeps every thread tinynorm's;
-    OpenBLAS's workers are never woken. Each row of the result is the same product of the
-    same numbers whichever thread computes it: the same bits for any thread count.
-    """
-    xp = backend.array_module(a, b)
-    m, n = a.shape[0], b.shape[1]
-    threads = min(_num_threads, m)
-    if backend.device_of(a) != "cpu" or threads <= 1 or m * n * a.shape[1] < MIN_THREADED_PRODUCT:
-        with backend.single_threaded_blas():
-            out = xp.matmul(a, b)
-        if bias is not None:
-            out += bias  # our own fresh array
-        return out
-    out = xp.empty((m, n), dtype=xp.result_type(a, b))
-    blocks = slices(m, -(-m // threads))
-
-    def product(k, rows):
-        xp.matmul(a[rows], b, out=out[rows])
-        if bias is not None:
-            out[rows] += bias
-
-    for_each_block(blocks, product, m * n * a.shape[1])
-    return out
-
-
-def elementwise(fn, *arrays, writes_out=False):
-    """``fn(*arrays)`` for an elementwise ``fn`` of same-shape arrays, computed in blocks of
-    BLOCK_ELEMENTS shared out over the threads (for costly ufuncs such as erf, which NumPy
-    runs on one core). Small or GPU arrays go to ``fn`` whole. With ``writes_out``, ``fn``
-    takes ``out=`` and writes each block's result into its slice of the output, rather than
-    returning a block to be copied there."""
-    x = arrays[0]
-    if x.size < 2 * BLOCK_ELEMENTS or _num_threads == 1 or backend.device_of(x) != "cpu":
-        return fn(*arrays)
-    xp = backend.array_module(*arrays)
-    flat = [xp.ascontiguousarray(a).reshape(-1) for a in arrays]
-    out = xp.empty(x.size, dtype=x.dtype)
-    blocks = slices(x.size, BLOCK_ELEMENTS)
-
-    def work(k, part):
-        if writes_out:
-            fn(*(a[part] for a in flat), out=out[part])
-        else:
-            out[part] = fn(*(a[part] for a in flat))
-
-    for_each_block(blocks, work, x.size)
-    return out.reshape(x.shape)
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -10,7 +10,7 @@ import math
 from .. import backend, kernels
 from ..autograd import Function
 from ._adjoint import require_float
-from ._rows import elementwise
+from ._rows import BLOCK_ELEMENTS, for_each_block, get_num_threads, slices
 
 
 class Exp(Function):
@@ -111,6 +111,30 @@ class ReLU(Function):
         output is saved (alive anyway) instead of the input."""
         (y,) = ctx.saved_tensors
         return grad_out * (y > 0)
+
+
+def elementwise(fn, *arrays, writes_out=False):
+    """``fn(*arrays)`` for an elementwise ``fn`` of same-shape arrays, computed in blocks of
+    BLOCK_ELEMENTS shared out over the threads (for costly ufuncs such as erf, which NumPy
+    runs on one core). Small or GPU arrays go to ``fn`` whole. With ``writes_out``, ``fn``
+    takes ``out=`` and writes each block's result into its slice of the output, rather than
+    returning a block to be copied there."""
+    x = arrays[0]
+    if x.size < 2 * BLOCK_ELEMENTS or get_num_threads() == 1 or backend.device_of(x) != "cpu":
+        return fn(*arrays)
+    xp = backend.array_module(*arrays)
+    flat = [xp.ascontiguousarray(a).reshape(-1) for a in arrays]
+    out = xp.empty(x.size, dtype=x.dtype)
+    blocks = slices(x.size, BLOCK_ELEMENTS)
+
+    def work(k, part):
+        if writes_out:
+            fn(*(a[part] for a in flat), out=out[part])
+        else:
+            out[part] = fn(*(a[part] for a in flat))
+
+    for_each_block(blocks, work, x.size)
+    return out.reshape(x.shape)
 
 
 _SQRT_2 = math.sqrt(2.0)
