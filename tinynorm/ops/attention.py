@@ -22,6 +22,7 @@ from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
 from ._rows import for_each_block
 from ._rows import row_dot as row_dot_of
+from .dropout import keep_mask, keep_scale
 
 OP = "scaled_dot_product_attention"
 
@@ -180,11 +181,6 @@ class _Inputs:
         return None
 
 
-def _dropout_factor(dropout_p):
-    """1/(1 − p), the scale of kept weights (0 when every weight is dropped)."""
-    return 1.0 / (1.0 - dropout_p) if dropout_p < 1 else 0.0
-
-
 class _Scratch:
     """Block-sized work arrays, one of each name per thread, reused from block to block.
 
@@ -239,10 +235,10 @@ class ScaledDotProductAttention(Function):
         need_scores = need_q or need_k or need_mask
         saving = ctx.recording and (need_scores or need_v)
 
-        factor = _dropout_factor(dropout_p)
+        factor = keep_scale(dropout_p)
         keep = None
         if dropout_p > 0:  # drawn whole, before the heads split over threads: reproducible
-            keep = backend.generator(xp).random(shape, dtype=q.dtype) >= dropout_p
+            keep = keep_mask(shape, dropout_p, q.dtype, xp)
         probs = (_new(xp, shape, q.dtype, is_causal)
                  if (saving and not recompute) or (return_weights and keep is None) else None)
         # P_d, the weights applied to V: P itself without dropout; with it, a separate array
@@ -330,7 +326,7 @@ class ScaledDotProductAttention(Function):
         batch, length, source = grad_out.shape[:-2], shape_q[-2], shape_k[-2]
         inputs = _Inputs(q, k, v, attn_mask, ctx.is_causal, ctx.scale, batch,
                          make_scores=ctx.recompute)
-        factor = _dropout_factor(ctx.dropout_p)
+        factor = keep_scale(ctx.dropout_p)
         # unused weights arrive as zeros from the engine: one read beats three passes
         weights_used = grad_weights is not None and bool(grad_weights.any())
 

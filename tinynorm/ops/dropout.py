@@ -6,6 +6,17 @@ from ..autograd import Function
 from ._adjoint import require_float
 
 
+def keep_mask(shape, p, dtype, xp):
+    """Which elements survive dropout with probability p: a bool array, each True with
+    probability 1 − p, drawn from the backend's generator (reproducible with manual_seed)."""
+    return backend.generator(xp).random(shape, dtype=dtype) >= p
+
+
+def keep_scale(p: float) -> float:
+    """1/(1 − p), what the kept elements are multiplied by (0 when every one is dropped)."""
+    return 1.0 / (1.0 - p) if p < 1 else 0.0
+
+
 class Dropout(Function):
     """y = x · m / (1 − p), m_i ~ Bernoulli(1 − p) from the backend's generator.
 
@@ -16,8 +27,7 @@ class Dropout(Function):
     def forward(ctx, x, p):
         require_float("dropout", x)
         xp = backend.array_module(x)
-        keep = backend.generator(xp).random(x.shape, dtype=x.dtype) >= p
-        scale = keep * x.dtype.type(1.0 / (1.0 - p)) if p < 1 else xp.zeros_like(x)
+        scale = keep_mask(x.shape, p, x.dtype, xp) * x.dtype.type(keep_scale(p))
         ctx.save_for_backward(scale)
         return x * scale
 
