@@ -143,24 +143,32 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715
 
 
+def _normal_cdf(x):
+    """Φ(x) = ½ (1 + erf(x/√2))."""
+    return 0.5 * (1.0 + backend.erf(x / _SQRT_2))
+
+
+def _tanh_u(x):
+    """tanh(u), u = √(2/π) (x + 0.044715 x³): x·x·x, not x ** 3, which NumPy sends to powf
+    for float32, ~250x slower than two multiplies."""
+    return backend.array_module(x).tanh(_SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x)))
+
+
 def _gelu_none(x):
-    return x * (0.5 * (1.0 + backend.erf(x / _SQRT_2)))
+    return x * _normal_cdf(x)
 
 
 def _gelu_tanh(x):
-    # x·x·x, not x ** 3: NumPy sends float32 ** 3 to powf, ~250x slower than two multiplies
-    u = _SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x))
-    return 0.5 * x * (1.0 + backend.array_module(x).tanh(u))
+    return 0.5 * x * (1.0 + _tanh_u(x))
 
 
 def _gelu_none_backward(x, g):
-    cdf = 0.5 * (1.0 + backend.erf(x / _SQRT_2))
     pdf = _INV_SQRT_2PI * backend.array_module(x).exp(-0.5 * x * x)
-    return g * (cdf + x * pdf)
+    return g * (_normal_cdf(x) + x * pdf)
 
 
 def _gelu_tanh_backward(x, g):
-    t = backend.array_module(x).tanh(_SQRT_2_OVER_PI * (x + _GELU_C * (x * x * x)))
+    t = _tanh_u(x)
     du_dx = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * x * x)
     return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du_dx)
 
