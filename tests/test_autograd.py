@@ -11,14 +11,11 @@ import pytest
 import torch
 
 import tinynorm as tn
+from tinynorm.testing.compare import to_host as host
 
 
 def leaf(array, dtype=np.float64):
     return tn.tensor(np.asarray(array, dtype=dtype), requires_grad=True)
-
-
-def host(t):
-    return tn.backend.to_numpy(t.data)
 
 
 @pytest.fixture

@@ -13,13 +13,10 @@ import tinynorm as tn
 from tinynorm import optim
 from tinynorm.optim import lr_scheduler
 from tinynorm.serialization import CheckpointError
+from tinynorm.testing.compare import to_host as host
 
 F = tn.nn.functional
 VOCAB, WIDTH = 11, 8
-
-
-def host(a):
-    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
 
 
 class TinyModel(tn.nn.Module):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st  # noqa: E402
 import tinynorm as tn  # noqa: E402
 from tinynorm.testing import assert_close, gradcheck  # noqa: E402
 from tinynorm.testing import strategies as tst  # noqa: E402
+from tinynorm.testing.compare import to_host as host
 
 F = tn.nn.functional
 
@@ -29,10 +30,6 @@ def close64(actual, expected):
     expected = np.asarray(expected)
     scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
     assert_close(actual, expected, rtol=1e-10, atol=1e-12 * scale)
-
-
-def host(t):
-    return tn.backend.to_numpy(t.data if isinstance(t, tn.Tensor) else t)
 
 
 # ---- cross_entropy: PyTorch parity ---------------------------------------------------------

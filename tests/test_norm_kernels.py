@@ -16,15 +16,12 @@ from tinynorm import kernels
 from tinynorm.kernels import cpu_norms
 from tinynorm.nn import functional as F
 from tinynorm.ops import _rows
+from tinynorm.testing.compare import to_host as host
 
 needs_numba = pytest.mark.skipif(not kernels.cpu_available(),
                                  reason='numba not installed: pip install "tinynorm[cpu]"')
 OPS = ["layer_norm", "rms_norm"]
 KERNELS = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
-
-
-def host(a):
-    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
 
 
 def norm(op, x, d, w, b):

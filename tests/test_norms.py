@@ -17,6 +17,7 @@ from tinynorm.nn import functional as F
 from tinynorm.ops import _rows
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing import strategies as tst
+from tinynorm.testing.compare import to_host as host
 
 from demos._seed_torch import SeedLayerNorm  # the seed tutorial's from-scratch LayerNorm
 
@@ -27,11 +28,6 @@ RTOL64 = 1e-10  # float64 parity with PyTorch
 NO_NUMBA = pytest.mark.skipif(not kernels.cpu_available(),
                               reason='numba not installed: pip install "tinynorm[cpu]"')
 PATHS = [pytest.param(True, id="kernels", marks=NO_NUMBA), pytest.param(False, id="reference")]
-
-
-def host(a):
-    """A NumPy copy of a Tensor's (or an array's) values, from either backend."""
-    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
 
 
 def close64(actual, expected, what=""):

@@ -11,16 +11,13 @@ from hypothesis import strategies as st
 import tinynorm as tn
 from tinynorm.testing import gradcheck
 from tinynorm.testing.strategies import arrays, shapes
+from tinynorm.testing.compare import to_host as host
 
 F = tn.nn.functional
 
 
 def leaf(array, dtype=np.float64):
     return tn.tensor(np.asarray(array, dtype=dtype), requires_grad=True)
-
-
-def host(a):
-    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
 
 
 # ---- dropout ---------------------------------------------------------------------------------

@@ -18,12 +18,9 @@ import tinynorm as tn
 from tinynorm import optim
 from tinynorm.optim import lr_scheduler
 from tinynorm.testing import assert_close
+from tinynorm.testing.compare import to_host as host
 
 SHAPES = [(3, 4), (5,), ()]
-
-
-def host(a):
-    return tn.backend.to_numpy(a.data if isinstance(a, tn.Tensor) else a)
 
 
 def close64(actual, expected):

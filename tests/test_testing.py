@@ -18,14 +18,11 @@ from tinynorm.testing import GradcheckError, assert_close, gradcheck, register_p
 from tinynorm.testing import gradient_check  # noqa: E402
 from tinynorm.testing import strategies as S  # noqa: E402
 from tinynorm.testing.strategies import arrays, shapes  # noqa: E402
+from tinynorm.testing.compare import to_host as host
 
 
 def leaf(a):
     return tn.tensor(np.asarray(a, dtype=np.float64), requires_grad=True)
-
-
-def host(t):
-    return tn.backend.to_numpy(t.data)
 
 
 RNG = np.random.default_rng(0)

@@ -5,12 +5,9 @@ import torch
 
 import tinynorm as tn
 from tinynorm.testing import assert_close
+from tinynorm.testing.compare import to_host as host  # noqa: F401 — imported from here
 
 RTOL, ATOL = 1e-10, 1e-12
-
-
-def host(x):
-    return tn.backend.to_numpy(x.data if isinstance(x, tn.Tensor) else x)
 
 
 def close(ours, theirs):
