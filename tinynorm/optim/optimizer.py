@@ -194,4 +194,5 @@ def _state_value(name: str, value, param: Tensor, index):
                          f"parameter {index} of shape {tuple(param.shape)}")
     dtype = param.dtype if value.dtype.kind == "f" else value.dtype
     device = "cuda" if param.device.startswith("cuda") else "cpu"
-    return backend.asarray(value, dtype=dtype, device=device).copy()
+    moved = backend.asarray(value, dtype=dtype, device=device)
+    return moved.copy() if moved is value else moved  # a new array either way, copied once
