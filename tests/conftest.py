@@ -42,7 +42,6 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU and CuPy (skipped where there is none)")
     name = config.getoption("--backend")
     try:
         tn.backend.use(name)

@@ -33,6 +33,7 @@ import platform
 import sysconfig
 
 from . import backend
+from .ops.cross_entropy import IGNORE_INDEX  # F.cross_entropy leaves these targets out
 from .tensor import Tensor
 
 # Pure-Python modules of the standard library, in sorted order: plain code and prose.
@@ -43,7 +44,6 @@ STDLIB_MODULES = (
     "tokenize", "types", "typing", "weakref",
 )
 DEFAULT_MAX_CHARS = 400_000
-IGNORE_INDEX = -100  # F.cross_entropy's default: targets to leave out of the loss
 
 
 def data_generator(seed: int):

@@ -47,6 +47,7 @@ import math
 from .. import backend, nn, ops
 from ..nn import functional as F
 from ..nn.attention import merge_heads, split_heads
+from ..ops.cross_entropy import IGNORE_INDEX
 from ..tensor import Tensor
 
 NORMS = ("pre", "post", "deepnorm", "none")
@@ -209,7 +210,7 @@ class CausalLM(nn.Module):
     def forward(self, idx, record=None):
         return self.lm_head(self.hidden(idx, record))
 
-    def loss(self, idx, targets, ignore_index: int = -100):
+    def loss(self, idx, targets, ignore_index: int = IGNORE_INDEX):
         """Mean next-token cross-entropy (nats) of ``targets`` (B, T) given ``idx`` (B, T)."""
         logits = self(idx)
         return F.cross_entropy(ops.reshape(logits, (-1, self.vocab_size)),

@@ -114,7 +114,10 @@ class CrossEntropy(Function):
         return dx.astype(p.dtype, copy=False), None, None, None, None, None
 
 
-def cross_entropy(input, target, weight=None, ignore_index: int = -100,
+IGNORE_INDEX = -100  # PyTorch's default: targets with this class are left out of the loss
+
+
+def cross_entropy(input, target, weight=None, ignore_index: int = IGNORE_INDEX,
                   reduction: str = "mean", label_smoothing: float = 0.0):
     """``F.cross_entropy``: log_softmax over the class dim, then the (weighted, smoothed)
     negative log-likelihood of the target classes.
