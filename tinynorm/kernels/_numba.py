@@ -88,9 +88,10 @@ class _Kernel:
         return self._compiled(*args)
 
 
-def cpu_kernel(python_function=None, *, fastmath=frozenset()):
+def cpu_kernel(python_function=None, *, fastmath=False):
     """Decorator, bare (``@cpu_kernel``: no fastmath) or with flags
-    (``@cpu_kernel(fastmath={...})``): the function compiled on first call."""
+    (``@cpu_kernel(fastmath={...})``, a set, as numba takes them): the function compiled on
+    first call."""
     if python_function is None:
         return lambda function: _Kernel(function, fastmath)
     return _Kernel(python_function, fastmath)
