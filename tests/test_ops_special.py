@@ -270,3 +270,29 @@ def test_matmul_by_rows_is_the_same_product_on_any_thread_count(shape_a, shape_b
         assert r.shape == (shape_a[0], shape_b[1]) and r.dtype == np.float32
     bias = rng.standard_normal(shape_b[1]).astype(np.float32)  # added by each thread to its rows
     np.testing.assert_array_equal(matmul_ops.matmul_by_rows(a, b, bias), a @ b + bias)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_matmuls_by_rows_makes_several_products_together_with_the_same_bits(threads):
+    """Linear's backward makes dx = G W and dW = Gᵀ X together (``matmuls_by_rows``): each
+    result is NumPy's product bit for bit, whatever the thread count and however the rows
+    are cut (3 threads: two parts of one product, one of the other)."""
+    import importlib
+
+    from tinynorm.ops import _rows
+    matmul_ops = importlib.import_module("tinynorm.ops.matmul")
+
+    rng = np.random.default_rng(9)
+    g = rng.standard_normal((300, 200)).astype(np.float32)
+    w = rng.standard_normal((200, 96)).astype(np.float32)
+    x = rng.standard_normal((300, 96)).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    before = _rows.get_num_threads()
+    try:
+        _rows.set_num_threads(threads)
+        dx, dw = matmul_ops.matmuls_by_rows((g, w), (g.T, x), biases=(bias, None))
+    finally:
+        _rows.set_num_threads(before)
+    np.testing.assert_array_equal(dx, g @ w + bias)
+    np.testing.assert_array_equal(dw, g.T @ x)
+    assert dx.shape == (300, 96) and dw.shape == (200, 96)
