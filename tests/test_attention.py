@@ -4,6 +4,9 @@ tests are in test_multihead_attention.py).
 Parity is in float64 within 1e-10 relative (plus a 1e-12 absolute floor for entries that are
 0 up to rounding). Upstream gradients are random normal, never all ones.
 """
+import itertools
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -183,7 +186,7 @@ def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention_ops, "TILE_ELEMENTS", 2 * inputs.k.shape[-2])
         assert gradcheck(attend, (q, k, v, mask))
-        patch.setattr(attention_ops, "MIN_UNIT_SCORES", 1)  # a unit per head
+        patch.setattr(attention_ops, "_units", units_of("head"))
         assert gradcheck(attend, (q, k, v, mask))
 
 
@@ -218,18 +221,34 @@ def test_dropout_with_p_kept_for_backward_gradcheck(inputs):
     assert gradcheck(attend, (q, k, v, mask))
 
 
-@pytest.mark.parametrize("min_unit", [1, 1 << 15, 1 << 40])  # per head, per batch item, all
+def units_of(kind):
+    """A stand-in for attention's ``_units`` that cuts the heads one way: a unit per head,
+    per batch item (an int index), every head in one, or the last batch dim cut in slices of
+    two heads (the last slice shorter when the dim is odd)."""
+    def units(batch, *_):
+        if kind == "all" or not batch:
+            return [()], math.prod(batch)
+        outer = list(itertools.product(*(range(n) for n in batch[:-1])))
+        if kind == "item":
+            return outer, batch[-1]
+        step = 1 if kind == "head" else 2
+        return [i + (slice(j, min(j + step, batch[-1])),) for i in outer
+                for j in range(0, batch[-1], step)], step
+    return units
+
+
+@pytest.mark.parametrize("units", ["head", "item", "all", "cut"])
 @pytest.mark.parametrize("recompute", [False, True])
-def test_row_blocks_without_causal_mask_match_torch(recompute, min_unit):
+def test_row_blocks_without_causal_mask_match_torch(recompute, units):
     """Several blocks of query rows against one: same output and gradients as PyTorch, the
     float mask's gradient included, whether a unit of work is a head, the heads of one
-    batch item, or every head (``MIN_UNIT_SCORES``)."""
+    batch item, every head, or slices of the heads (``_units``)."""
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
                                  [(2, 3, 37, 8), (2, 3, 29, 8), (2, 3, 29, 5)])
     m, tm = leaf_pair(rng.standard_normal((37, 29)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(attention_ops, "TILE_ELEMENTS", 8 * 29)  # blocks of 8 query rows
-        patch.setattr(attention_ops, "MIN_UNIT_SCORES", min_unit)
+        patch.setattr(attention_ops, "_units", units_of(units))
         out = F.scaled_dot_product_attention(q, k, v, m, recompute=recompute)
         grad = rng.standard_normal(out.shape)
         out.backward(grad)
@@ -242,8 +261,10 @@ def test_row_blocks_without_causal_mask_match_torch(recompute, min_unit):
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_heads_on_threads_give_the_same_bits(is_causal):
-    """Heads are shared out over the thread pool; each writes only its own rows, so one
-    thread and two give identical outputs and gradients (dropout included)."""
+    """Heads are shared out over the thread pool in units of several heads, cut by the
+    thread count (2 units of 6 heads on one thread, 4 of 3 on two); each unit writes only
+    its own heads, and a unit's row blocks do not depend on how many heads it stacks, so
+    one thread and two give identical outputs and gradients (dropout included)."""
     from tinynorm.ops import _rows
     arrays = [rng.standard_normal(s).astype(np.float32) for s in
               [(2, 6, 200, 16), (2, 6, 150, 16), (2, 6, 150, 16)]]
@@ -252,7 +273,8 @@ def test_heads_on_threads_give_the_same_bits(is_causal):
     for threads in (1, 2):
         before = _rows.get_num_threads()
         _rows.set_num_threads(threads)
-        assert attention_ops._units((2, 6), 200 * 150, True)[1] == 6  # a unit per batch item
+        units, stacked = attention_ops._units((2, 6), 200, 150, is_causal, True)
+        assert (len(units), stacked) == ((2, 6) if threads == 1 else (4, 3))
         try:
             q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
             tn.manual_seed(3)
@@ -419,10 +441,23 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
 
 
 def test_units_of_work_follow_the_size_of_the_heads():
-    """Long sequences: a unit per head; short ones: heads stacked into each NumPy call."""
-    assert attention_ops._units((2, 12), 256 * 256, True) == (
-        [(i, j) for i in range(2) for j in range(12)], 1)
-    assert attention_ops._units((8, 4), 24 * 24, True) == ([()], 32)
-    assert attention_ops._units((2, 6), 150 * 200, True) == ([(0,), (1,)], 6)
-    assert attention_ops._units((), 10, True) == ([()], 1)
-    assert attention_ops._units((2, 12), 10, False) == ([(Ellipsis,)], 24)
+    """Heads stacked into each unit as far as a query block of each fits a tile, and cut
+    into at least two units per thread when there is enough work to share out."""
+    from tinynorm.ops import _rows
+    before = _rows.get_num_threads()
+    _rows.set_num_threads(2)
+    try:
+        # causal, 256 tokens: blocks of 128 rows, 8 heads fit a tile; 4 units for 2 threads
+        assert attention_ops._units((2, 12), 256, 256, True, True) == (
+            [(i, slice(j, j + 6)) for i in range(2) for j in (0, 6)], 6)
+        # a head of 512 x 512 scores fills a tile: one head per unit
+        assert attention_ops._units((2, 12), 512, 512, False, True) == (
+            [(i, slice(j, j + 1)) for i in range(2) for j in range(12)], 1)
+        # small: every head in one call, on the calling thread
+        assert attention_ops._units((8, 4), 24, 24, False, True) == ([()], 32)
+        assert attention_ops._units((2, 6), 150, 200, False, True) == (
+            [(i, slice(j, j + 3)) for i in range(2) for j in (0, 3)], 3)
+        assert attention_ops._units((), 10, 10, True, True) == ([()], 1)
+        assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
+    finally:
+        _rows.set_num_threads(before)

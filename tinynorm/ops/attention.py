@@ -20,7 +20,7 @@ import threading
 from .. import backend
 from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
-from ._rows import for_each_block
+from ._rows import BLOCK_ELEMENTS, for_each_block, get_num_threads
 from ._rows import row_dot as row_dot_of
 from .dropout import keep_mask, keep_scale
 
@@ -66,26 +66,46 @@ TILE_ELEMENTS = 1 << 18  # CPU: a block of scores (rows × keys), 1 MiB in float
 #                          cache from the matmul that writes it through softmax to P V
 
 
-MIN_UNIT_SCORES = 1 << 15  # CPU: the fewest scores a unit of work (one call per step) holds
+UNITS_PER_THREAD = 2  # CPU: units per thread, at least, when the heads go to several threads
 
 
-def _units(batch: tuple, scores_per_head: int, on_cpu: bool) -> tuple:
-    """(units, heads per unit): the units of work, each an index into the batch dims, and
-    how many heads each one stacks.
+def _units(batch: tuple, length: int, source: int, is_causal: bool, on_cpu: bool) -> tuple:
+    """(units, heads per unit): the units of work, each an index into the batch dims (ints,
+    and a slice of the dim it cuts), and how many heads each one stacks (the last unit of a
+    cut dim may hold fewer).
 
-    On the CPU the batch dims are indexed from the left for as long as each unit keeps at
-    least MIN_UNIT_SCORES scores: with long sequences a unit is one head, and the heads are
-    shared out over the thread pool; with short ones a unit stacks several heads (or all of
-    them) into each NumPy call, so that Python's cost per call stays small next to the work
-    (a 4-head model on 24 tokens would otherwise make hundreds of tiny calls per layer). On
-    the GPU one unit, ``(...,)``, runs every head in each launch.
+    Each unit is one call of the per-unit work, its heads stacked so that every NumPy call
+    handles them together: Python's cost per call stays small next to the work (a 4-head
+    model on 24 tokens would otherwise make hundreds of tiny calls per layer; 24 heads of
+    256 causal tokens took 30% longer one head per unit than six). A unit stacks at most as
+    many heads as fit one query block of each (``_row_blocks``: BLOCK_ROWS rows when causal,
+    else every row) into TILE_ELEMENTS scores, so the row blocks are those of one head: the
+    same products of the same sizes, the same bits, however the heads are cut. When the
+    scores are enough work for two threads (``for_each_block``'s rule), the heads are cut
+    into at least UNITS_PER_THREAD units per thread, shared out over the thread pool. On the
+    GPU one unit, ``(...,)``, runs every head in each launch.
     """
+    heads = math.prod(batch)
     if not on_cpu:
-        return [(Ellipsis,)], math.prod(batch)
-    depth = 0
-    while depth < len(batch) and scores_per_head * math.prod(batch[depth + 1:]) >= MIN_UNIT_SCORES:
-        depth += 1
-    return list(itertools.product(*(range(n) for n in batch[:depth]))), math.prod(batch[depth:])
+        return [(Ellipsis,)], heads
+    block_rows = min(BLOCK_ROWS, length) if is_causal else length
+    count = -(-heads // max(1, TILE_ELEMENTS // max(block_rows * source, 1)))
+    threads = get_num_threads()
+    if heads * length * source >= 2 * BLOCK_ELEMENTS:
+        count = max(count, min(heads, UNITS_PER_THREAD * threads))
+    per_unit = -(-heads // max(count, 1))
+    # whole trailing batch dims while they fit in a unit, then the next dim cut into slices
+    depth, inner = len(batch), 1
+    while depth > 0 and inner * batch[depth - 1] <= per_unit:
+        depth -= 1
+        inner *= batch[depth]
+    if depth == 0:
+        return [()], heads
+    size, step = batch[depth - 1], max(1, per_unit // inner)
+    units = [index + (slice(start, min(start + step, size)),)
+             for index in itertools.product(*(range(n) for n in batch[:depth - 1]))
+             for start in range(0, size, step)]
+    return units, step * inner
 
 
 def _row_blocks(length, source, is_causal, on_cpu, heads_per_unit=1):
@@ -253,7 +273,7 @@ class ScaledDotProductAttention(Function):
 
         scratch = _Scratch(xp, q.dtype)
 
-        units, stacked = _units(batch, length * source, on_cpu)
+        units, stacked = _units(batch, length, source, is_causal, on_cpu)
 
         def attend(unit):  # one unit: a head, or several stacked (see _units)
             for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu, stacked):
@@ -338,7 +358,7 @@ class ScaledDotProductAttention(Function):
 
         scratch = _Scratch(xp, grad_out.dtype)
 
-        units, stacked = _units(batch, length * source, on_cpu)
+        units, stacked = _units(batch, length, source, ctx.is_causal, on_cpu)
 
         def backward_unit(unit):  # one unit: a head, or several stacked (see _units)
             for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu, stacked):
