@@ -12,13 +12,22 @@ import time
 
 
 def interleaved(contenders: dict, repeat: int = 15, warmup: int = 2) -> dict:
-    """Median seconds per call of each ``name -> zero-argument callable``, interleaved."""
+    """Median seconds per call of each ``name -> zero-argument callable``, interleaved.
+
+    Each repetition starts one contender later in the list, as ``demos/norm_speed`` does:
+    a call right after another framework's can find the memory it is about to use handed
+    back to the system by that framework's frees, and pay a page fault per fresh page (seen
+    here: tinynorm block steps run after PyTorch's took about 2,000 more faults each).
+    Rotating the order spreads that place over every contender alike.
+    """
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
     times = {name: [] for name in contenders}
-    for _ in range(repeat):
-        for name, fn in contenders.items():
+    names = list(contenders)
+    for rep in range(repeat):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            fn = contenders[name]
             gc.collect()
             t0 = time.perf_counter()
             fn()
