@@ -16,9 +16,9 @@ Rows (float32, interleaved repetitions, medians; ratio = tinynorm / PyTorch):
 3. Peak resident memory of a 12-layer forward+backward on (1, 256, 768), each framework in a
    child process of its own (``--memory-child NAME``). Target <= 1.2x.
 
-PyTorch runs the seed's code, whose blocks call the attention with the default
-``need_weights=True``; that makes PyTorch build the head-averaged weights and skip its
-fused attention kernel. tinynorm's blocks pass ``need_weights=False`` (same output), so a
+PyTorch runs the seed's code (demos/_seed_torch.py), whose blocks call the attention with
+the default ``need_weights=True``; that makes PyTorch build the head-averaged weights and skip
+its fused attention kernel. tinynorm's blocks pass ``need_weights=False`` (same output), so a
 second PyTorch column runs the seed's blocks with ``need_weights=False`` too, and the
 ratio is taken against the faster of the two.
 """
@@ -40,42 +40,13 @@ from benchmarks.harness import interleaved, ms, table  # noqa: E402
 D_MODEL, NUM_HEADS, D_FF = 768, 12, 3072
 
 
-# ---- the seed's classes in PyTorch (need_weights selectable) -----------------------------
+# ---- the seed's classes in PyTorch (demos/_seed_torch.py), need_weights selectable -----------
 def torch_classes(need_weights: bool):
     import torch
-    import torch.nn as nn
 
-    class ModernTransformerBlock(nn.Module):
-        def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
-            super().__init__()
-            self.norm1 = nn.LayerNorm(d_model)
-            self.norm2 = nn.LayerNorm(d_model)
-            self.attention = nn.MultiheadAttention(d_model, num_heads, dropout=dropout,
-                                                   batch_first=True)
-            self.feed_forward = nn.Sequential(
-                nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(dropout),
-                nn.Linear(d_ff, d_model), nn.Dropout(dropout))
+    from demos._seed_torch import with_need_weights
 
-        def forward(self, x, mask=None):
-            normed = self.norm1(x)
-            attn_output, _ = self.attention(normed, normed, normed, attn_mask=mask,
-                                            need_weights=need_weights)
-            x = x + attn_output
-            return x + self.feed_forward(self.norm2(x))
-
-    class Transformer(nn.Module):
-        def __init__(self, num_layers, d_model, num_heads, d_ff, dropout=0.1):
-            super().__init__()
-            self.layers = nn.ModuleList([ModernTransformerBlock(d_model, num_heads, d_ff, dropout)
-                                         for _ in range(num_layers)])
-            self.final_norm = nn.LayerNorm(d_model)
-
-        def forward(self, x, mask=None):
-            for layer in self.layers:
-                x = layer(x, mask)
-            return self.final_norm(x)
-
-    return torch, ModernTransformerBlock, Transformer
+    return (torch, *with_need_weights(need_weights))
 
 
 def pair(kind: str, *args):

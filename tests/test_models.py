@@ -1,9 +1,10 @@
 """tinynorm.models against PyTorch references of the seed's classes.
 
-The references below are written here, line for line the architecture of the seed tutorial's
-PyTorch classes. Each test builds the reference in float64, moves its state_dict into the
-tinynorm model unchanged, and compares, in float64: the output, the gradient of the input,
-and the gradient of every parameter, under a random (never all-ones) upstream gradient.
+The references are the seed tutorial's PyTorch classes as demos/_seed_torch.py writes them
+(benchmarks/blocks.py times the same ones). Each test builds the reference in float64, moves
+its state_dict into the tinynorm model unchanged, and compares, in float64: the output, the
+gradient of the input, and the gradient of every parameter, under a random (never all-ones)
+upstream gradient.
 Dropout is 0 or the models are in eval mode, so both sides compute the same function.
 
 Tolerance: |tinynorm − torch| <= 1e-9 · (1 + |torch|) elementwise. Both sides compute the
@@ -21,109 +22,12 @@ from tinynorm import models
 from tinynorm.testing import assert_close
 
 torch = pytest.importorskip("torch")
-tnn = torch.nn
 
-from demos._seed_torch import SeedLayerNorm, SeedRMSNorm  # noqa: E402 — needs torch
+from demos import _seed_torch as seed  # noqa: E402 — needs torch
 
 TOL = 1e-9
 D_MODEL, NUM_HEADS, D_FF = 16, 4, 24
 SEQ, BATCH = 5, 3
-
-
-# ---- PyTorch references: the seed's classes ---------------------------------------------
-class RefDeepNetworkWithoutResiduals(tnn.Module):
-    def __init__(self, d_model, num_layers):
-        super().__init__()
-        self.layers = tnn.ModuleList([tnn.Linear(d_model, d_model) for _ in range(num_layers)])
-
-    def forward(self, x):
-        for layer in self.layers:
-            x = torch.tanh(layer(x))
-        return x
-
-
-class RefDeepNetworkWithResiduals(RefDeepNetworkWithoutResiduals):
-    def forward(self, x):
-        for layer in self.layers:
-            x = x + torch.tanh(layer(x))
-        return x
-
-
-def _ref_feed_forward(d_model, d_ff):
-    return tnn.Sequential(tnn.Linear(d_model, d_ff), tnn.ReLU(), tnn.Linear(d_ff, d_model))
-
-
-class RefTransformerBlockWithResiduals(tnn.Module):
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
-        super().__init__()
-        self.attention = tnn.MultiheadAttention(d_model, num_heads, dropout=dropout)
-        self.feed_forward = _ref_feed_forward(d_model, d_ff)
-        self.dropout = tnn.Dropout(dropout)
-
-    def forward(self, x):
-        attn_output, _ = self.attention(x, x, x)
-        x = x + self.dropout(attn_output)
-        ff_output = self.feed_forward(x)
-        return x + self.dropout(ff_output)
-
-
-class RefPostNormTransformerBlock(tnn.Module):
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
-        super().__init__()
-        self.attention = tnn.MultiheadAttention(d_model, num_heads)
-        self.norm1 = tnn.LayerNorm(d_model)
-        self.feed_forward = _ref_feed_forward(d_model, d_ff)
-        self.norm2 = tnn.LayerNorm(d_model)
-        self.dropout = tnn.Dropout(dropout)
-
-    def forward(self, x):
-        attn_output, _ = self.attention(x, x, x)
-        x = self.norm1(x + self.dropout(attn_output))
-        ff_output = self.feed_forward(x)
-        return self.norm2(x + self.dropout(ff_output))
-
-
-class RefPreNormTransformerBlock(RefPostNormTransformerBlock):
-    def forward(self, x):
-        normed_x = self.norm1(x)
-        attn_output, _ = self.attention(normed_x, normed_x, normed_x)
-        x = x + self.dropout(attn_output)
-        normed_x = self.norm2(x)
-        return x + self.dropout(self.feed_forward(normed_x))
-
-
-class RefModernTransformerBlock(tnn.Module):
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.1, use_rms_norm=False):
-        super().__init__()
-        norm_class = SeedRMSNorm if use_rms_norm else tnn.LayerNorm
-        self.norm1 = norm_class(d_model)
-        self.norm2 = norm_class(d_model)
-        self.attention = tnn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
-        self.feed_forward = tnn.Sequential(
-            tnn.Linear(d_model, d_ff), tnn.GELU(), tnn.Dropout(dropout),
-            tnn.Linear(d_ff, d_model), tnn.Dropout(dropout),
-        )
-
-    def forward(self, x, mask=None):
-        normed = self.norm1(x)
-        attn_output, _ = self.attention(normed, normed, normed, attn_mask=mask)
-        x = x + attn_output
-        normed = self.norm2(x)
-        return x + self.feed_forward(normed)
-
-
-class RefTransformer(tnn.Module):
-    def __init__(self, num_layers, d_model, num_heads, d_ff, dropout=0.1):
-        super().__init__()
-        self.layers = tnn.ModuleList([
-            RefModernTransformerBlock(d_model, num_heads, d_ff, dropout) for _ in range(num_layers)
-        ])
-        self.final_norm = tnn.LayerNorm(d_model)
-
-    def forward(self, x, mask=None):
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.final_norm(x)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -182,8 +86,8 @@ def _masks(length):
 
 # ---- parity ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("tn_cls, ref_cls", [
-    (models.DeepNetworkWithoutResiduals, RefDeepNetworkWithoutResiduals),
-    (models.DeepNetworkWithResiduals, RefDeepNetworkWithResiduals),
+    (models.DeepNetworkWithoutResiduals, seed.DeepNetworkWithoutResiduals),
+    (models.DeepNetworkWithResiduals, seed.DeepNetworkWithResiduals),
 ])
 def test_deep_networks_match_seed(tn_cls, ref_cls):
     model, ref = _pair(tn_cls, ref_cls, D_MODEL, 6)
@@ -191,8 +95,8 @@ def test_deep_networks_match_seed(tn_cls, ref_cls):
 
 
 @pytest.mark.parametrize("tn_cls, ref_cls", [
-    (models.LayerNorm, SeedLayerNorm),
-    (models.RMSNorm, SeedRMSNorm),
+    (models.LayerNorm, seed.SeedLayerNorm),
+    (models.RMSNorm, seed.SeedRMSNorm),
 ])
 def test_seed_norms_match_seed(tn_cls, ref_cls):
     model, ref = _pair(tn_cls, ref_cls, D_MODEL)
@@ -201,9 +105,9 @@ def test_seed_norms_match_seed(tn_cls, ref_cls):
 
 
 @pytest.mark.parametrize("tn_cls, ref_cls", [
-    (models.TransformerBlockWithResiduals, RefTransformerBlockWithResiduals),
-    (models.PostNormTransformerBlock, RefPostNormTransformerBlock),
-    (models.PreNormTransformerBlock, RefPreNormTransformerBlock),
+    (models.TransformerBlockWithResiduals, seed.TransformerBlockWithResiduals),
+    (models.PostNormTransformerBlock, seed.PostNormTransformerBlock),
+    (models.PreNormTransformerBlock, seed.PreNormTransformerBlock),
 ])
 @pytest.mark.parametrize("dropout", [0.0, 0.1])  # 0.1 in eval mode
 def test_seq_first_blocks_match_seed(tn_cls, ref_cls, dropout):
@@ -214,7 +118,7 @@ def test_seq_first_blocks_match_seed(tn_cls, ref_cls, dropout):
 @pytest.mark.parametrize("mask", ["absent", "bool", "float_-inf"])
 @pytest.mark.parametrize("use_rms_norm", [False, True])
 def test_modern_block_matches_seed(use_rms_norm, mask):
-    model, ref = _pair(models.ModernTransformerBlock, RefModernTransformerBlock,
+    model, ref = _pair(models.ModernTransformerBlock, seed.ModernTransformerBlock,
                        D_MODEL, NUM_HEADS, D_FF, 0.1, use_rms_norm)
     if use_rms_norm:  # the seed's RMSNorm eps, not nn.RMSNorm's finfo(dtype).eps default
         assert model.norm1.eps == model.norm2.eps == 1e-5
@@ -224,20 +128,43 @@ def test_modern_block_matches_seed(use_rms_norm, mask):
 
 @pytest.mark.parametrize("mask", ["absent", "bool", "float_-inf"])
 def test_transformer_matches_seed(mask):
-    model, ref = _pair(models.Transformer, RefTransformer, 2, D_MODEL, NUM_HEADS, D_FF, 0.0)
+    model, ref = _pair(models.Transformer, seed.Transformer, 2, D_MODEL, NUM_HEADS, D_FF, 0.0)
     tn_mask, ref_mask = _masks(SEQ)[mask]
     _check(model, ref, (BATCH, SEQ, D_MODEL), *tn_mask, extra_ref=ref_mask)
 
 
 def test_transformer_defaults_and_layout():
     model = models.Transformer(3, D_MODEL, NUM_HEADS, D_FF)
-    ref = RefTransformer(3, D_MODEL, NUM_HEADS, D_FF)
+    ref = seed.Transformer(3, D_MODEL, NUM_HEADS, D_FF)
     assert len(model.layers) == 3 and isinstance(model.final_norm, tn.nn.LayerNorm)
     assert model.layers[0].feed_forward[2].p == 0.1 and model.layers[0].attention.dropout == 0.1
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
 
+
+
+def test_seed_classes_with_need_weights_false_compute_the_same_function():
+    """The benchmark's PyTorch column with need_weights=False: same keys, same output and
+    gradients as the seed's classes (only PyTorch's attention kernel differs)."""
+    block_false, stack_false = seed.with_need_weights(False)
+    assert seed.with_need_weights(True) == (seed.ModernTransformerBlock, seed.Transformer)
+    assert seed.ModernTransformerBlock.need_weights is True
+    torch.manual_seed(0)
+    ref = _randomize(seed.Transformer(2, D_MODEL, NUM_HEADS, D_FF).double()).eval()
+    model = stack_false(2, D_MODEL, NUM_HEADS, D_FF).double().eval()
+    model.load_state_dict(ref.state_dict())  # strict: the same keys and shapes
+    assert all(type(layer) is block_false and layer.need_weights is False for layer in model.layers)
+    mask = torch.tensor(np.triu(np.ones((SEQ, SEQ), dtype=bool), k=1))
+    x = torch.tensor(np.random.default_rng(5).standard_normal((BATCH, SEQ, D_MODEL)),
+                     requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = model(x, mask), ref(x_ref, mask)
+    assert_close(y.detach().numpy(), y_ref.detach().numpy(), rtol=TOL, atol=TOL)
+    upstream = torch.tensor(np.random.default_rng(6).standard_normal(tuple(y.shape)))
+    y.backward(upstream)
+    y_ref.backward(upstream)
+    assert_close(x.grad.numpy(), x_ref.grad.numpy(), rtol=TOL, atol=TOL)
 
 # ---- dropout in training mode -----------------------------------------------------------------
 def test_block_dropout_zeroes_a_fraction_p_and_keeps_the_mean():
