@@ -62,7 +62,7 @@ class CrossEntropy(Function):
         ctx.mean_scale = None
         ctx.save_for_backward(p, safe_t, valid, w_t, weight)
         if reduction == "none":
-            return loss.astype(x.dtype, copy=False)
+            return loss
         total = loss.sum()
         if reduction == "sum":
             return xp.asarray(total, dtype=x.dtype)
@@ -111,7 +111,7 @@ class CrossEntropy(Function):
             w = weight if weight is not None else p.dtype.type(1)
             dx -= (a * valid)[:, None] * ((eps / classes) * w)
         dx[xp.arange(rows), safe_t] -= a * ((1 - eps) * w_t)
-        return dx.astype(p.dtype, copy=False), None, None, None, None, None
+        return dx, None, None, None, None, None
 
 
 IGNORE_INDEX = -100  # PyTorch's default: targets with this class are left out of the loss
