@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import threading
 
 import numpy
@@ -158,17 +159,24 @@ def to_numpy(a):
     return numpy.asarray(a)
 
 
+DEVICES = "'cpu', 'cuda' or 'cuda:N'"
+_DEVICE = re.compile(r"(cpu|cuda)(:[0-9]+)?")
+
+
 def backend_of(device: str | None, op: str = "tinynorm") -> str:
-    """The backend whose arrays live on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``;
-    None: the current backend), or a ValueError naming ``op``."""
+    """The backend whose arrays live on ``device``: ``"numpy"`` for ``"cpu"``, ``"cupy"`` for
+    ``"cuda"`` or ``"cuda:N"`` (None: the current backend). Every device argument in
+    tinynorm is read here; anything else is a ValueError naming ``op`` and the value.
+
+    CuPy arrays are made on CuPy's current device: the ``N`` of ``"cuda:N"`` is accepted
+    (it is what ``Tensor.device`` reports) but does not choose a GPU.
+    """
     if device is None:
         return _current
-    d = str(device)
-    if d.startswith("cuda"):
-        return "cupy"
-    if d.startswith("cpu"):
-        return "numpy"
-    raise ValueError(f"{op}: unknown device {device!r}; expected 'cpu' or 'cuda'")
+    match = _DEVICE.fullmatch(str(device))
+    if match is None:
+        raise ValueError(f"{op}: unknown device {device!r}; expected {DEVICES}")
+    return "numpy" if match.group(1) == "cpu" else "cupy"
 
 
 def asarray(data, dtype=None, device: str | None = None):

@@ -9,8 +9,10 @@ from . import backend
 from .tensor import Tensor
 
 
-def _xp(device):
-    return backend.module(backend.backend_of(device))
+def _xp(device, op: str):
+    """The array module of ``device`` (None: the current backend); ``op`` names the maker in
+    errors."""
+    return backend.module(backend.backend_of(device, op=op))
 
 
 def _size(size):
@@ -32,12 +34,13 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
     """
     if isinstance(data, Tensor):
         data = data.data
+    dtype_ = None if dtype is None else backend.numpy_dtype(dtype)
     if backend.is_array(data):
-        device = device or ("cuda" if backend.device_of(data).startswith("cuda") else "cpu")
-        arr = _xp(device).array(backend.to_numpy(data) if str(device).startswith("cpu") else data,
-                                dtype=None if dtype is None else backend.numpy_dtype(dtype))
+        name = backend.backend_of(device or backend.device_of(data), op="tinynorm.tensor")
+        arr = backend.module(name).array(backend.to_numpy(data) if name == "numpy" else data,
+                                         dtype=dtype_)
     else:
-        arr = _xp(device).array(data, dtype=None if dtype is None else backend.numpy_dtype(dtype))
+        arr = _xp(device, "tinynorm.tensor").array(data, dtype=dtype_)
         if dtype is None and arr.dtype.kind == "f" and not hasattr(data, "dtype"):
             arr = arr.astype(backend.DEFAULT_FLOAT)
     return Tensor(arr, requires_grad=requires_grad)
@@ -52,17 +55,17 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     return tensor(data, dtype=dtype, device=device)
 
 
-def _filled(fill, size, dtype, device, requires_grad):
-    xp = _xp(device)
+def _filled(fill, size, dtype, device, requires_grad, op):
+    xp = _xp(device, op)
     return Tensor(xp.full(_size(size), fill, dtype=_dtype(dtype)), requires_grad=requires_grad)
 
 
 def zeros(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _filled(0, size, dtype, device, requires_grad)
+    return _filled(0, size, dtype, device, requires_grad, "tinynorm.zeros")
 
 
 def ones(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _filled(1, size, dtype, device, requires_grad)
+    return _filled(1, size, dtype, device, requires_grad, "tinynorm.ones")
 
 
 def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -70,16 +73,17 @@ def full(size, fill_value, dtype=None, device=None, requires_grad=False) -> Tens
     if dtype is None and isinstance(fill_value, (bool, int)):
         dtype = backend.bool_ if isinstance(fill_value, bool) else backend.int64
     return _filled(fill_value, (size,) if isinstance(size, int) else tuple(size), dtype, device,
-                   requires_grad)
+                   requires_grad, "tinynorm.full")
 
 
 def empty(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return Tensor(_xp(device).empty(_size(size), dtype=_dtype(dtype)), requires_grad=requires_grad)
+    return Tensor(_xp(device, "tinynorm.empty").empty(_size(size), dtype=_dtype(dtype)),
+                  requires_grad=requires_grad)
 
 
 def randn(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
     """Standard normal samples."""
-    xp = _xp(device)
+    xp = _xp(device, "tinynorm.randn")
     dt = _dtype(dtype)
     data = backend.generator(xp).standard_normal(_size(size), dtype=dt)
     return Tensor(data, requires_grad=requires_grad)
@@ -87,7 +91,7 @@ def randn(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
 
 def rand(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
     """Uniform samples on [0, 1)."""
-    xp = _xp(device)
+    xp = _xp(device, "tinynorm.rand")
     data = backend.generator(xp).random(_size(size), dtype=_dtype(dtype))
     return Tensor(data, requires_grad=requires_grad)
 
@@ -99,7 +103,8 @@ def arange(start, end=None, step=1, dtype=None, device=None, requires_grad=False
     if dtype is None:
         ints = all(isinstance(v, int) for v in (start, end, step))
         dtype = backend.int64 if ints else backend.DEFAULT_FLOAT
-    return Tensor(_xp(device).arange(start, end, step, dtype=backend.numpy_dtype(dtype)),
+    xp = _xp(device, "tinynorm.arange")
+    return Tensor(xp.arange(start, end, step, dtype=backend.numpy_dtype(dtype)),
                   requires_grad=requires_grad)
 
 

@@ -112,16 +112,9 @@ class Tensor:
         return Tensor(self.data)
 
     def to(self, *args, **kwargs) -> "Tensor":
-        """``to(dtype)``, ``to(device)`` or ``to(device, dtype)``; differentiable, like PyTorch."""
-        dtype = kwargs.pop("dtype", None)
-        device = kwargs.pop("device", None)
-        if kwargs:
-            raise TypeError(f"Tensor.to: unexpected arguments {sorted(kwargs)}")
-        for a in args:
-            if isinstance(a, str):
-                device = a
-            else:
-                dtype = a
+        """``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or ``to(other)`` (see
+        ``parse_to``); differentiable, and ``self`` itself when nothing changes, like PyTorch."""
+        dtype, device = parse_to(args, kwargs, "Tensor.to")
         return ops.cast(self, dtype=dtype, device=device)
 
     def cpu(self) -> "Tensor":
@@ -297,6 +290,48 @@ class Tensor:
 
     def contiguous(self):
         return self
+
+
+def parse_to(args, kwargs, op: str):
+    """``(dtype, device)`` from the arguments of PyTorch's ``.to``, for ``op`` (the method
+    named in errors): ``to(dtype)``, ``to(device)``, ``to(device, dtype)``, ``to(other)``
+    (other's dtype and device), or the keywords ``device=``, ``dtype=`` and
+    ``non_blocking=`` (accepted and ignored: every copy here is synchronous). A device is a
+    string, checked by ``backend.backend_of``; the dtype comes back as a NumPy dtype; what
+    is not given is None.
+    """
+    forms = f"{op}(dtype), {op}(device), {op}(device, dtype) or {op}(tensor)"
+    unknown = sorted(set(kwargs) - {"device", "dtype", "non_blocking"})
+    if unknown:
+        raise TypeError(f"{op}: unexpected arguments {unknown}; expected {forms}, with the "
+                        f"keywords device=, dtype= and non_blocking=")
+    given = {k: kwargs[k] for k in ("device", "dtype") if kwargs.get(k) is not None}
+    if args:
+        first = args[0]
+        if isinstance(first, Tensor):
+            positional, most = {"dtype": first.dtype, "device": first.device}, 1
+        elif first is None or isinstance(first, str):
+            positional, most = {"device": first, "dtype": args[1] if len(args) > 1 else None}, 2
+        else:
+            positional, most = {"dtype": first}, 1
+        if len(args) > most:
+            raise TypeError(f"{op}: too many positional arguments {args!r}; expected {forms}")
+        positional = {k: v for k, v in positional.items() if v is not None}
+        twice = sorted(set(positional) & set(given))
+        if twice:
+            raise TypeError(f"{op}: {' and '.join(twice)} given both positionally and as a "
+                            f"keyword; expected {forms}")
+        given.update(positional)
+    device, dtype = given.get("device"), given.get("dtype")
+    if device is not None:
+        backend.backend_of(device, op=op)
+    if dtype is not None:
+        try:
+            dtype = backend.numpy_dtype(dtype)
+        except TypeError:
+            raise TypeError(f"{op}: {dtype!r} is not a dtype; expected {forms}, where a "
+                            f"device is {backend.DEVICES}") from None
+    return dtype, device
 
 
 from . import ops  # noqa: E402 — Tensor's methods are sugar over ops, which build on Tensor

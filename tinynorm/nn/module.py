@@ -8,14 +8,14 @@ PyTorch state_dict loads under the same keys.
 
 Differences from ``torch.nn.Module`` (deliberate): no hooks, no ``_version``/``_metadata``
 in state_dict, ``state_dict()`` values are NumPy copies (host arrays), and ``to()`` takes a
-device string ("cpu", "cuda") and/or a dtype.
+device string ("cpu", "cuda", "cuda:N"), a dtype, both, or a Tensor (``tensor.parse_to``).
 """
 from __future__ import annotations
 
 from collections import OrderedDict, namedtuple
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, parse_to
 from .parameter import Parameter
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
@@ -25,34 +25,6 @@ def _addindent(text: str, spaces: int) -> str:
     """Indent every line of ``text`` but the first (PyTorch's nested repr)."""
     first, *rest = text.split("\n")
     return "\n".join([first] + [" " * spaces + line for line in rest])
-
-
-def _parse_to(args, kwargs):
-    """``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or keywords → (dtype, device)."""
-    dtype = kwargs.pop("dtype", None)
-    device = kwargs.pop("device", None)
-    kwargs.pop("non_blocking", None)
-    if kwargs:
-        raise TypeError(f"Module.to: unexpected arguments {sorted(kwargs)}")
-    for a in args:
-        if isinstance(a, str):
-            device = a
-        elif isinstance(a, Tensor):
-            dtype, device = a.dtype, a.device
-        else:
-            dtype = a
-    if dtype is not None:
-        dtype = backend.numpy_dtype(dtype)
-        if dtype.kind != "f":
-            raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
-                            f"dtype={dtype}")
-    if device is not None and not str(device).startswith(("cpu", "cuda")):
-        raise ValueError(f"Module.to: unknown device {device!r}; expected 'cpu' or 'cuda'")
-    return dtype, device
-
-
-def _same_device(a, device) -> bool:
-    return backend.device_of(a).startswith("cuda") == str(device).startswith("cuda")
 
 
 class Module:
@@ -287,15 +259,20 @@ class Module:
         return self
 
     def to(self, *args, **kwargs) -> "Module":
-        """``to(dtype)``, ``to(device)``, ``to(device, dtype)``: in place, returns self.
+        """``to(dtype)``, ``to(device)``, ``to(device, dtype)`` or ``to(tensor)`` (as
+        ``Tensor.to``, read by ``tensor.parse_to``): in place, returns self.
 
         Like PyTorch, only floating-point parameters and buffers change dtype.
         """
-        dtype, device = _parse_to(args, kwargs)
+        dtype, device = parse_to(args, kwargs, "Module.to")
+        if dtype is not None and dtype.kind != "f":
+            raise TypeError(f"Module.to only accepts floating point dtypes, but got desired "
+                            f"dtype={dtype}")
+        target = None if device is None else backend.backend_of(device)
 
         def convert(a):
-            if device is not None and not _same_device(a, device):
-                a = backend.asarray(a, device="cuda" if str(device).startswith("cuda") else "cpu")
+            if target is not None and backend.backend_of(backend.device_of(a)) != target:
+                a = backend.asarray(a, device=device)
             if dtype is not None and a.dtype.kind == "f" and a.dtype != dtype:
                 a = a.astype(dtype)
             return a
@@ -375,8 +352,7 @@ class Module:
                               f"{tuple(value.shape)} from checkpoint, the shape in current "
                               f"model is {tuple(target.shape)}.")
                 continue
-            device = "cuda" if target.device.startswith("cuda") else "cpu"
-            ready.append((target, backend.asarray(value, device=device)))
+            ready.append((target, backend.asarray(value, device=target.device)))
         if strict:
             if unexpected:
                 errors.insert(0, "Unexpected key(s) in state_dict: "

@@ -193,6 +193,5 @@ def _state_value(name: str, value, param: Tensor, index):
         raise ValueError(f"loaded state dict has {name!r} of shape {tuple(value.shape)} for "
                          f"parameter {index} of shape {tuple(param.shape)}")
     dtype = param.dtype if value.dtype.kind == "f" else value.dtype
-    device = "cuda" if param.device.startswith("cuda") else "cpu"
-    moved = backend.asarray(value, dtype=dtype, device=device)
+    moved = backend.asarray(value, dtype=dtype, device=param.device)
     return moved.copy() if moved is value else moved  # a new array either way, copied once

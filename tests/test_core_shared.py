@@ -1,0 +1,189 @@
+"""The core's shared helpers, through every entry point that uses them.
+
+* device strings: ``backend.backend_of`` is the one reader; each caller names itself in its
+  error. Moves to "cuda" run on the NumPy stand-in for CuPy (tests/cuda_emulator.py).
+* ``.to(...)`` arguments: ``tensor.parse_to``, shared by ``Tensor.to`` and ``Module.to``.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import tinynorm as tn
+from cuda_emulator import EMULATED_CUPY, on_gpu
+from tinynorm import backend, nn, optim
+
+RNG = np.random.default_rng(7)
+FORMS = "'cpu', 'cuda' or 'cuda:N'"
+BAD_DEVICES = ["tpu", "mps", "cuda0", "cudax", "cpu1", "cuda:", "cuda:-1", "cuda:x", "",
+               " cuda", "cuda:0 ", "CUDA"]
+
+
+@pytest.fixture
+def emulated_gpu(monkeypatch):
+    """backend's CuPy is the emulator: arrays moved to "cuda" are EmulatedGPUArrays."""
+    monkeypatch.setattr(backend, "_cupy", EMULATED_CUPY)
+
+
+# ---- device strings --------------------------------------------------------------------
+@pytest.mark.parametrize("device,name", [("cpu", "numpy"), ("cpu:0", "numpy"),
+                                         ("cuda", "cupy"), ("cuda:0", "cupy"),
+                                         ("cuda:12", "cupy")])
+def test_backend_of_reads_every_accepted_form(device, name):
+    assert backend.backend_of(device) == name
+    assert backend.backend_of(None) == backend.current()
+
+
+@pytest.mark.parametrize("device", BAD_DEVICES)
+def test_backend_of_rejects_near_misses_naming_the_op_and_the_value(device):
+    with pytest.raises(ValueError) as info:
+        backend.backend_of(device, op="my_op")
+    assert str(info.value) == f"my_op: unknown device {device!r}; expected {FORMS}"
+
+
+ENTRY_POINTS = [  # (the name its error gives, a call with device d)
+    ("Tensor.to", lambda d: tn.tensor([1.0, 2.0], device="cpu").to(d)),
+    ("Tensor.to", lambda d: tn.tensor([1.0, 2.0], device="cpu").to(d, tn.float64)),
+    ("Tensor.to", lambda d: tn.tensor([1.0, 2.0], device="cpu").to(device=d)),
+    ("Module.to", lambda d: nn.Linear(2, 2).to(d)),
+    ("Module.to", lambda d: nn.Linear(2, 2).to(device=d, dtype=tn.float64)),
+    ("Module.to", lambda d: nn.Linear(2, 2).cuda(d)),
+    ("tinynorm.tensor", lambda d: tn.tensor([1.0], device=d)),
+    ("tinynorm.tensor", lambda d: tn.tensor(np.ones(2), device=d)),
+    ("tinynorm.zeros", lambda d: tn.zeros(2, device=d)),
+    ("tinynorm.ones", lambda d: tn.ones(2, device=d)),
+    ("tinynorm.full", lambda d: tn.full((2,), 3.0, device=d)),
+    ("tinynorm.empty", lambda d: tn.empty(2, device=d)),
+    ("tinynorm.randn", lambda d: tn.randn(2, device=d)),
+    ("tinynorm.rand", lambda d: tn.rand(2, device=d)),
+    ("tinynorm.arange", lambda d: tn.arange(3, device=d)),
+]
+
+
+@pytest.mark.parametrize("name,call", ENTRY_POINTS)
+@pytest.mark.parametrize("device", ["tpu", "cuda0", "cpu1"])
+def test_each_entry_point_names_itself_the_bad_device_and_the_forms(name, call, device):
+    message = f"{name}: unknown device {device!r}; expected {FORMS}"
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+        call(device)
+
+
+def test_tensor_keeps_or_moves_arrays_by_device(emulated_gpu):
+    host = RNG.standard_normal(3)
+    gpu = tn.tensor(host, device="cuda:0")
+    assert gpu.device == "cuda:0" and gpu.dtype == np.float64
+    assert tn.tensor(gpu.data).device == "cuda:0"  # an array's own device by default
+    back = tn.tensor(gpu.data, device="cpu")
+    assert back.device == "cpu" and type(back.data) is np.ndarray
+    assert back.tolist() == host.tolist()
+    assert tn.zeros_like(gpu).device == "cuda:0" and tn.ones(2, device="cuda").device == "cuda:0"
+
+
+# ---- .to(...) arguments ----------------------------------------------------------------
+def _gpu64():
+    return tn.tensor(on_gpu(np.zeros(1)))
+
+
+TO_FORMS = [  # (args, kwargs) -> (device, dtype) of a float32 CPU tensor moved by them
+    ((), {}, "cpu", np.float32),
+    (("cuda:0",), {}, "cuda:0", np.float32),
+    (("cuda",), {}, "cuda:0", np.float32),
+    ((tn.float64,), {}, "cpu", np.float64),
+    (("float64",), None, None, None),  # a string is a device: not a dtype name
+    (("cuda", tn.float64), {}, "cuda:0", np.float64),
+    (("cuda",), {"dtype": tn.float64}, "cuda:0", np.float64),
+    ((), {"device": "cuda:0", "dtype": "float64"}, "cuda:0", np.float64),
+    ((), {"dtype": tn.float64, "non_blocking": True}, "cpu", np.float64),
+    ((None, tn.float64), {}, "cpu", np.float64),
+    (("__gpu64__",), {}, "cuda:0", np.float64),  # to(other): other's device and dtype
+]
+
+
+@pytest.mark.parametrize("args,kwargs,device,dtype", TO_FORMS)
+def test_tensor_to_forms(emulated_gpu, args, kwargs, device, dtype):
+    args = tuple(_gpu64() if a == "__gpu64__" else a for a in args)
+    x = tn.tensor(RNG.standard_normal(3), dtype=tn.float32, device="cpu", requires_grad=True)
+    if kwargs is None:
+        with pytest.raises(ValueError, match=re.escape("Tensor.to: unknown device 'float64'")):
+            x.to(*args)
+        return
+    y = x.to(*args, **kwargs)
+    assert y.device == device and y.dtype == dtype
+    assert (y is x) == (device == "cpu" and dtype == np.float32)  # nothing to do: x itself
+    w = RNG.standard_normal(3)
+    (y * tn.tensor(w, device=device)).sum().backward()  # differentiable, back to x's device
+    assert type(x.grad) is np.ndarray and x.grad.dtype == np.float32
+    np.testing.assert_allclose(x.grad, w.astype(np.float32), rtol=1e-6)
+
+
+@pytest.mark.parametrize("args,kwargs,device,dtype", TO_FORMS)
+def test_module_to_forms_move_in_place(emulated_gpu, args, kwargs, device, dtype):
+    args = tuple(_gpu64() if a == "__gpu64__" else a for a in args)
+    model = nn.Linear(3, 2)
+    model.register_buffer("count", tn.tensor([3], device="cpu"))
+    params = list(model.parameters())
+    model.weight.grad = RNG.standard_normal((2, 3)).astype(np.float32)
+    if kwargs is None:
+        with pytest.raises(ValueError, match=re.escape("Module.to: unknown device 'float64'")):
+            model.to(*args)
+        return
+    assert model.to(*args, **kwargs) is model and list(model.parameters()) == params
+    assert all(p.device == device and p.dtype == dtype for p in params)
+    assert backend.device_of(model.weight.grad) == device and model.weight.grad.dtype == dtype
+    assert model.count.device == device and model.count.dtype == np.int64  # ints keep dtype
+    model.to("cpu")
+    assert all(type(p.data) is np.ndarray for p in params)
+
+
+@pytest.mark.parametrize("method", ["Tensor.to", "Module.to"])
+@pytest.mark.parametrize("args,kwargs,error", [
+    ((tn.float64, "cpu"), {}, "too many positional arguments"),
+    (("cpu", tn.float64, True), {}, "too many positional arguments"),
+    (("__t__", tn.float64), {}, "too many positional arguments"),
+    (("cpu",), {"device": "cpu"}, "device given both positionally and as a keyword"),
+    ((tn.float64,), {"dtype": tn.float32}, "dtype given both positionally and as a keyword"),
+    (("__t__",), {"device": "cpu"}, "device given both positionally and as a keyword"),
+    ((), {"copy": True}, "unexpected arguments ['copy']"),
+    ((), {"memory_format": 0, "devic": "cpu"}, "unexpected arguments ['devic', 'memory_format']"),
+    ((0,), {}, "0 is not a dtype"),
+    (("cpu", "cuda"), {}, "'cuda' is not a dtype"),
+    ((), {"dtype": "float"}, None),  # a NumPy dtype name is a dtype
+])
+def test_to_argument_errors_name_the_method_the_value_and_the_forms(method, args, kwargs, error):
+    target = tn.tensor([1.0], device="cpu") if method == "Tensor.to" else nn.Linear(1, 1)
+    args = tuple(tn.tensor([1.0]) if a == "__t__" else a for a in args)
+    if error is None:
+        target.to(*args, **kwargs)
+        return
+    forms = f"{method}(dtype), {method}(device), {method}(device, dtype) or {method}(tensor)"
+    with pytest.raises(TypeError) as info:
+        target.to(*args, **kwargs)
+    assert str(info.value).startswith(f"{method}: {error}") and forms in str(info.value)
+
+
+def test_module_to_refuses_integer_dtypes_also_from_a_tensor():
+    with pytest.raises(TypeError, match="Module.to only accepts floating point dtypes, but got "
+                                        "desired dtype=int64"):
+        nn.Linear(2, 2).to(tn.tensor([1]))
+    assert tn.tensor([1.5], device="cpu").to(tn.tensor([1])).dtype == np.int64
+
+
+def test_state_dicts_load_onto_the_parameters_device(emulated_gpu):
+    cpu_model = nn.Linear(3, 2).double()
+    cpu_opt = optim.Adam(cpu_model.parameters(), lr=0.1)
+    for p in cpu_model.parameters():
+        p.grad = RNG.standard_normal(p.shape)
+    cpu_opt.step()
+    gpu_model = nn.Linear(3, 2).to("cuda:0", tn.float64)
+    gpu_opt = optim.Adam(gpu_model.parameters(), lr=0.1)
+    gpu_model.load_state_dict(cpu_model.state_dict())
+    gpu_opt.load_state_dict(cpu_opt.state_dict())
+    for ours, theirs in zip(gpu_model.parameters(), cpu_model.parameters()):
+        assert ours.device == "cuda:0"
+        np.testing.assert_array_equal(backend.to_numpy(ours.data), theirs.data)
+        for key in ("exp_avg", "exp_avg_sq"):
+            state = gpu_opt.state[ours][key]
+            assert backend.device_of(state) == "cuda:0" and state.dtype == np.float64
+            np.testing.assert_array_equal(backend.to_numpy(state), cpu_opt.state[theirs][key])
