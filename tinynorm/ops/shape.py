@@ -114,6 +114,17 @@ def _repeats_possible(index) -> bool:
     return any(backend.is_array(i) and i.dtype.kind in "iu" for i in items)
 
 
+def _pieces(a, sizes, dim):
+    """The consecutive slices of ``a`` along ``dim`` with the given sizes (views, no copy):
+    Split's forward, and Cat's backward (the adjoint of joining is cutting)."""
+    index, start, pieces = [slice(None)] * a.ndim, 0, []
+    for n in sizes:
+        index[dim] = slice(start, start + n)
+        pieces.append(a[tuple(index)])
+        start += n
+    return tuple(pieces)
+
+
 class Cat(Function):
     """y = the inputs joined along ``dim``; all other dims must match."""
 
@@ -135,16 +146,9 @@ class Cat(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """Each input's gradient is its own slice of grad_out along dim. Saves the sizes."""
-        bounds = [0]
-        for n in ctx.sizes:
-            bounds.append(bounds[-1] + n)
-        index = [slice(None)] * grad_out.ndim
-        grads = []
-        for lo, hi in zip(bounds, bounds[1:]):
-            index[ctx.dim] = slice(lo, hi)
-            grads.append(grad_out[tuple(index)])
-        return (None, *grads)
+        """Each input's gradient is its own slice of grad_out along dim (``_pieces``, as
+        Split's forward). Saves the sizes."""
+        return (None, *_pieces(grad_out, ctx.sizes, ctx.dim))
 
 
 class Split(Function):
@@ -157,12 +161,7 @@ class Split(Function):
             raise ValueError(f"split: sizes {list(sizes)} do not add up to {x.shape[d]}, the size of "
                              f"dim {dim} of a tensor of shape {x.shape}")
         ctx.dim = d
-        bounds, index, pieces = 0, [slice(None)] * x.ndim, []
-        for n in sizes:
-            index[d] = slice(bounds, bounds + n)
-            pieces.append(x[tuple(index)])
-            bounds += n
-        return tuple(pieces)
+        return _pieces(x, sizes, d)
 
     @staticmethod
     def backward(ctx, *grad_outs):
