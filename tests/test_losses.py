@@ -8,6 +8,7 @@ Upstream gradients are random normal, never all ones.
 """
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -21,15 +22,10 @@ from hypothesis import strategies as st  # noqa: E402
 import tinynorm as tn  # noqa: E402
 from tinynorm.testing import assert_close, gradcheck  # noqa: E402
 from tinynorm.testing import strategies as tst  # noqa: E402
-from tinynorm.testing.compare import to_host as host
+from tinynorm.testing.compare import to_host as host  # noqa: E402
+from torch_pairs import close  # noqa: E402
 
 F = tn.nn.functional
-
-
-def close64(actual, expected):
-    expected = np.asarray(expected)
-    scale = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
-    assert_close(actual, expected, rtol=1e-10, atol=1e-12 * scale)
 
 
 # ---- cross_entropy: PyTorch parity ---------------------------------------------------------
@@ -92,7 +88,8 @@ def test_cross_entropy_matches_torch(case, dtype):
     loss.backward(tn.tensor(upstream))
 
     assert loss.dtype == xs.dtype and tuple(loss.shape) == tuple(expected.shape)
-    compare = close64 if dtype == "float64" else assert_close
+    compare = (functools.partial(close, scale_atol=True) if dtype == "float64"
+               else assert_close)
     compare(loss.detach(), expected.detach().numpy())
     compare(xs.grad, xt.grad.numpy())
 
@@ -190,7 +187,8 @@ def test_embedding_matches_torch_with_repeated_indices(idx_shape, padding_idx, d
     out.backward(tn.tensor(upstream))
 
     assert np.array_equal(host(out), expected.detach().numpy())  # a lookup is exact
-    compare = close64 if dtype == "float64" else assert_close
+    compare = (functools.partial(close, scale_atol=True) if dtype == "float64"
+               else assert_close)
     compare(ws.grad, wt.grad.numpy())
     if idx.size >= 4:  # row 5 was looked up at least three times: its gradient is their sum
         rows = (idx == 5).reshape(-1)

@@ -20,22 +20,16 @@ from tinynorm.testing import strategies as tst
 from tinynorm.testing.compare import to_host as host
 
 from demos._seed_torch import SeedLayerNorm  # the seed tutorial's from-scratch LayerNorm
+from torch_pairs import close
 
-RTOL64 = 1e-10  # float64 parity with PyTorch
+# float64 parity with PyTorch: within 1e-10 relative, and 1e-10 · max(max|expected|, 1) absolute
+TOL64 = dict(rtol=1e-10, atol=1e-10, scale_atol=True, min_scale=1.0)
 
 # kernels.fused(on) for the whole test: True runs the kernels (numba on the CPU, which CI
 # installs: conftest fails the run without it), False the reference path.
 NO_NUMBA = pytest.mark.skipif(not kernels.cpu_available(),
                               reason='numba not installed: pip install "tinynorm[cpu]"')
 PATHS = [pytest.param(True, id="kernels", marks=NO_NUMBA), pytest.param(False, id="reference")]
-
-
-def close64(actual, expected, what=""):
-    """float64 agreement within 1e-10 relative to the expected array's scale."""
-    actual, expected = host(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.abs(expected).max()), 1.0) if expected.size else 1.0
-    np.testing.assert_allclose(actual, expected, rtol=RTOL64, atol=RTOL64 * scale, err_msg=what)
 
 
 def run_ours(fn, x, params, upstream):
@@ -56,11 +50,11 @@ def run_torch(fn, x, params, upstream):
 
 
 def compare(ours, theirs, what):
-    close64(ours[0], theirs[0], f"{what} y")
-    close64(ours[1], theirs[1], f"{what} dx")
+    close(ours[0], theirs[0], **TOL64, what=f"{what} y")
+    close(ours[1], theirs[1], **TOL64, what=f"{what} dx")
     for i, (a, b) in enumerate(zip(ours[2], theirs[2])):
         if b is not None:
-            close64(a, b, f"{what} dparam {i}")
+            close(a, b, **TOL64, what=f"{what} dparam {i}")
 
 
 # (x shape, normalized_shape): all three dims, the last two, empty batches, an int, and one
@@ -124,7 +118,7 @@ def test_rms_norm_module_matches_torch_default_eps(shape, normalized_shape, elem
         ours.load_state_dict(theirs.state_dict())
     compare(run_ours(ours, x, [], upstream), run_torch(theirs, x, [], upstream), "nn.RMSNorm")
     if elementwise_affine:
-        close64(ours.weight.grad, theirs.weight.grad.numpy(), "nn.RMSNorm weight grad")
+        close(ours.weight.grad, theirs.weight.grad.numpy(), **TOL64, what="nn.RMSNorm weight grad")
     # the default eps matters on these rows: without it the output is visibly different
     default = host(F.rms_norm(tn.tensor(x), normalized_shape))
     no_eps = host(F.rms_norm(tn.tensor(x), normalized_shape, None, 0.0))
@@ -153,7 +147,8 @@ def test_layer_norm_module_matches_torch(bias):
     x, upstream = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
     compare(run_ours(ours, x, [], upstream), run_torch(theirs, x, [], upstream), "nn.LayerNorm")
     for name, p in theirs.named_parameters():
-        close64(dict(ours.named_parameters())[name].grad, p.grad.numpy(), f"nn.LayerNorm {name}")
+        close(dict(ours.named_parameters())[name].grad, p.grad.numpy(), **TOL64,
+              what=f"nn.LayerNorm {name}")
 
 
 def test_module_options_and_reprs_match_torch():
@@ -185,8 +180,8 @@ def test_seed_layer_norm_loads_through_a_key_mapping():
     x = rng.standard_normal((2, 10, 16)) * 10 + 5  # the seed's "arbitrary mean and std"
     upstream = rng.standard_normal((2, 10, 16))
     compare(run_ours(ours, x, [], upstream), run_torch(theirs, x, [], upstream), "seed LayerNorm")
-    close64(ours.weight.grad, theirs.gamma.grad.numpy(), "gamma grad")
-    close64(ours.bias.grad, theirs.beta.grad.numpy(), "beta grad")
+    close(ours.weight.grad, theirs.gamma.grad.numpy(), **TOL64, what="gamma grad")
+    close(ours.bias.grad, theirs.beta.grad.numpy(), **TOL64, what="beta grad")
 
 
 def test_non_contiguous_input_and_non_leaf_gradient():
@@ -197,7 +192,7 @@ def test_non_contiguous_input_and_non_leaf_gradient():
     y.backward(tn.tensor(upstream))
     xt = torch.tensor(a, requires_grad=True)
     torch.nn.functional.layer_norm(xt.T * 2.0, (6,)).backward(torch.tensor(upstream))
-    close64(x.grad, xt.grad.numpy(), "dx through a transpose")
+    close(x.grad, xt.grad.numpy(), **TOL64, what="dx through a transpose")
 
 
 # ---- numerics -------------------------------------------------------------------------------

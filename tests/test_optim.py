@@ -19,13 +19,9 @@ from tinynorm import optim
 from tinynorm.optim import lr_scheduler
 from tinynorm.testing import assert_close
 from tinynorm.testing.compare import to_host as host
+from torch_pairs import close
 
 SHAPES = [(3, 4), (5,), ()]
-
-
-def close64(actual, expected):
-    expected = np.asarray(expected)
-    assert_close(actual, expected, rtol=1e-10, atol=1e-12 * float(np.abs(expected).max()))
 
 
 def make_pair(rng, shapes=SHAPES):
@@ -77,13 +73,13 @@ def test_optimizer_matches_torch_for_20_steps(name, kwargs):
         opt.step()
         ref.step()
     for p, t in zip(ours, theirs):
-        close64(p, t.detach().numpy())
+        close(p, t.detach().numpy(), scale_atol=True)
     for i, (p, t) in enumerate(zip(ours, theirs)):
         for key, value in ref.state[t].items():
             if key == "step":
                 assert opt.state[p]["step"] == int(value) == (18 if i == 1 else 20)
             else:
-                close64(opt.state[p][key], value.numpy())
+                close(opt.state[p][key], value.numpy(), scale_atol=True)
 
 
 def test_param_groups_with_their_own_options_match_torch():
@@ -99,7 +95,7 @@ def test_param_groups_with_their_own_options_match_torch():
         opt.step()
         ref.step()
     for p, t in zip(ours, theirs):
-        close64(p, t.detach().numpy())
+        close(p, t.detach().numpy(), scale_atol=True)
 
 
 def test_updates_are_in_place_and_leave_the_gradient_alone():
@@ -177,7 +173,7 @@ def test_torch_state_dict_loads_and_continues_like_torch():
         opt.step()
         ref.step()
     for p, t in zip(ours, theirs):
-        close64(p, t.detach().numpy())
+        close(p, t.detach().numpy(), scale_atol=True)
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -341,12 +337,12 @@ def test_clip_grad_norm_matches_torch(norm_type, max_norm):
     set_grads(rng, ours, theirs, skip=(3,))  # a parameter without a gradient is left out
     total = tn.nn.utils.clip_grad_norm_(ours, max_norm, norm_type)
     expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type)
-    close64(total, expected.numpy())
+    close(total, expected.numpy(), scale_atol=True)
     for p, t in zip(ours, theirs):
         if t.grad is None:
             assert p.grad is None
         else:
-            close64(p.grad, t.grad.numpy())
+            close(p.grad, t.grad.numpy(), scale_atol=True)
     clipped = max_norm < float(expected)
     assert clipped == (max_norm == 0.5)  # the small bound clips, the large one does not
 

@@ -1,6 +1,7 @@
-"""Helpers shared by the attention tests: the same float64 data as a tinynorm leaf and a torch
-leaf, and the float64 parity check (1e-10 relative, plus a 1e-12 absolute floor for entries
-that are 0 up to rounding)."""
+"""Helpers shared by the tests: the same float64 data as a tinynorm leaf and a torch leaf, and
+the float64 parity check ``close`` (by default 1e-10 relative, plus a 1e-12 absolute floor for
+entries that are 0 up to rounding)."""
+import numpy as np
 import torch
 
 import tinynorm as tn
@@ -10,9 +11,26 @@ from tinynorm.testing.compare import to_host as host  # noqa: F401 — imported 
 RTOL, ATOL = 1e-10, 1e-12
 
 
-def close(ours, theirs):
-    expected = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
-    assert_close(ours, expected, rtol=RTOL, atol=ATOL)
+def close(ours, theirs, *, rtol=RTOL, atol=ATOL, scale_atol=False, min_scale=0.0, what=""):
+    """Assert |ours − theirs| ≤ atol + rtol·|theirs| elementwise, shapes equal, NaN matching
+    nothing (tinynorm.testing.assert_close). Either side may be a tinynorm Tensor, an array, a
+    scalar or a torch tensor.
+
+    With ``scale_atol`` the absolute floor follows the data's size instead:
+    ``atol · max(max|theirs|, min_scale)`` (NaNs ignored; an empty ``theirs`` gives
+    ``atol · min_scale``). ``what`` names the comparison in the failure message."""
+    ours, theirs = (v.detach().numpy() if isinstance(v, torch.Tensor) else v
+                    for v in (ours, theirs))
+    if scale_atol:
+        expected = host(theirs)
+        largest = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
+        atol = atol * max(largest, min_scale)
+    try:
+        assert_close(ours, theirs, rtol=rtol, atol=atol)
+    except AssertionError as err:
+        if not what:
+            raise
+        raise AssertionError(f"{what}: {err}") from None
 
 
 def leaf_pair(a):
