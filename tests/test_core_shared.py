@@ -187,3 +187,62 @@ def test_state_dicts_load_onto_the_parameters_device(emulated_gpu):
             state = gpu_opt.state[ours][key]
             assert backend.device_of(state) == "cuda:0" and state.dtype == np.float64
             np.testing.assert_array_equal(backend.to_numpy(state), cpu_opt.state[theirs][key])
+
+
+# ---- zero_grad: one implementation (autograd.zero_grads) behind Module and Optimizer ----
+def _model_with_grads():
+    """Two Linears sharing one weight, a third parameter left without a gradient."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+    model[1].weight = model[0].weight
+    x = tn.tensor(RNG.standard_normal((4, 3)), dtype=tn.float32)
+    (model[1](model[0](x)) * tn.tensor(RNG.standard_normal((4, 3)))).sum().backward()
+    assert model[2].weight.grad is None and model[0].weight.grad.any()
+    return model
+
+
+ZEROERS = {
+    "Module": lambda model: model.zero_grad,
+    "Optimizer": lambda model: optim.SGD(model.parameters(), lr=0.1).zero_grad,
+    "Optimizer, two groups": lambda model: optim.SGD(
+        [{"params": list(model[0].parameters())},
+         {"params": [model[1].bias] + list(model[2].parameters()), "lr": 0.2}],
+        lr=0.1).zero_grad,
+}
+
+
+@pytest.mark.parametrize("owner", ZEROERS)
+def test_zero_grad_sets_to_none_by_default_and_when_asked(owner):
+    model = _model_with_grads()
+    zero_grad = ZEROERS[owner](model)
+    zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in model.parameters())
+    model = _model_with_grads()
+    ZEROERS[owner](model)()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("owner", ZEROERS)
+def test_zero_grad_without_set_to_none_zeroes_in_place(owner):
+    model = _model_with_grads()
+    arrays = {id(p): p.grad for p in model.parameters()}
+    ZEROERS[owner](model)(set_to_none=False)
+    for p in model.parameters():
+        if arrays[id(p)] is None:
+            assert p.grad is None  # no gradient yet: stays None, as in PyTorch
+        else:
+            assert p.grad is arrays[id(p)] and p.grad.shape == p.shape and not p.grad.any()
+    x = tn.tensor(RNG.standard_normal((2, 3)), dtype=tn.float32)
+    w = RNG.standard_normal((2, 3))
+    (model[0](x) * tn.tensor(w)).sum().backward()  # accumulates into the zeroed arrays
+    np.testing.assert_allclose(model[0].bias.grad, w.sum(0), rtol=1e-6)
+
+
+def test_zero_grads_over_any_iterable():
+    from tinynorm.autograd import zero_grads
+
+    a, b = nn.Parameter(tn.ones(2)), nn.Parameter(tn.ones(3))
+    a.grad, b.grad = np.array([1.0, 2.0], np.float32), np.array([3.0, 4.0, 5.0], np.float32)
+    zero_grads(iter([a]), set_to_none=False)
+    assert a.grad.tolist() == [0.0, 0.0] and b.grad.tolist() == [3.0, 4.0, 5.0]
+    zero_grads(p for p in (a, b))
+    assert a.grad is None and b.grad is None

@@ -329,3 +329,16 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
         shared = g is gradient or id(g) in owners or getattr(g, "base", None) is not None
         t.grad = g.copy() if shared else g
         owners[id(g)] = t
+
+
+def zero_grads(params, set_to_none: bool = True) -> None:
+    """Forget the gradients of ``params`` (what Module.zero_grad and Optimizer.zero_grad
+    do): set each ``.grad`` to None (the default, as PyTorch) or to zero in place, which is
+    safe because a leaf owns its ``.grad`` (see ``backward`` above)."""
+    for p in params:
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        else:
+            p.grad[...] = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict, namedtuple
 
 from .. import backend
+from ..autograd import zero_grads
 from ..tensor import Tensor, parse_to
 from .parameter import Parameter
 
@@ -229,14 +230,8 @@ class Module:
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Forget accumulated gradients (a leaf owns its ``.grad``, so zeroing in place is safe)."""
-        for param in self.parameters():
-            if param.grad is None:
-                continue
-            if set_to_none:
-                param.grad = None
-            else:
-                param.grad[...] = 0
+        """Forget the gradients of every parameter: None, or zero in place (``zero_grads``)."""
+        zero_grads(self.parameters(), set_to_none)
 
     def apply(self, fn) -> "Module":
         """Call ``fn`` on every child (recursively), then on ``self``; as PyTorch's."""

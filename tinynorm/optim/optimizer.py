@@ -17,7 +17,7 @@ you keep them while training continues.
 from __future__ import annotations
 
 from .. import backend
-from ..autograd import enable_grad
+from ..autograd import enable_grad, zero_grads
 from ..tensor import Tensor
 
 
@@ -72,15 +72,9 @@ class Optimizer:
         self.param_groups.append(group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Forget the gradients: set them to None (default) or to zero in place."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if set_to_none:
-                    p.grad = None
-                else:
-                    p.grad[...] = 0  # a leaf owns its .grad, so zeroing in place is safe
+        """Forget the gradients of every group's parameters: None (default) or zero in
+        place (``autograd.zero_grads``)."""
+        zero_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient. ``closure``, if given,
