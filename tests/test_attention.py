@@ -20,7 +20,7 @@ from tinynorm.ops.attention import attention_with_weights
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing.strategies import attention_inputs
 
-from torch_pairs import close, host, leaf_pair, mask_pair
+from torch_pairs import close, host, leaf_pair, mask_pair, num_threads
 
 rng = np.random.default_rng(1234)
 
@@ -265,23 +265,18 @@ def test_heads_on_threads_give_the_same_bits(is_causal):
     thread count (2 units of 6 heads on one thread, 4 of 3 on two); each unit writes only
     its own heads, and a unit's row blocks do not depend on how many heads it stacks, so
     one thread and two give identical outputs and gradients (dropout included)."""
-    from tinynorm.ops import _rows
     arrays = [rng.standard_normal(s).astype(np.float32) for s in
               [(2, 6, 200, 16), (2, 6, 150, 16), (2, 6, 150, 16)]]
     grad = rng.standard_normal((2, 6, 200, 16)).astype(np.float32)
     results = []
     for threads in (1, 2):
-        before = _rows.get_num_threads()
-        _rows.set_num_threads(threads)
-        units, stacked = attention_ops._units((2, 6), 200, 150, is_causal, True)
-        assert (len(units), stacked) == ((2, 6) if threads == 1 else (4, 3))
-        try:
+        with num_threads(threads):
+            units, stacked = attention_ops._units((2, 6), 200, 150, is_causal, True)
+            assert (len(units), stacked) == ((2, 6) if threads == 1 else (4, 3))
             q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
             tn.manual_seed(3)
             out, weights = attention_with_weights(q, k, v, is_causal=is_causal, dropout_p=0.2)
             out.backward(tn.tensor(grad))
-        finally:
-            _rows.set_num_threads(before)
         results.append([host(out), host(weights)] + [host(a.grad) for a in (q, k, v)])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
@@ -443,10 +438,7 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
 def test_units_of_work_follow_the_size_of_the_heads():
     """Heads stacked into each unit as far as a query block of each fits a tile, and cut
     into at least two units per thread when there is enough work to share out."""
-    from tinynorm.ops import _rows
-    before = _rows.get_num_threads()
-    _rows.set_num_threads(2)
-    try:
+    with num_threads(2):
         # causal, 256 tokens: blocks of 128 rows, 8 heads fit a tile; 4 units for 2 threads
         assert attention_ops._units((2, 12), 256, 256, True, True) == (
             [(i, slice(j, j + 6)) for i in range(2) for j in (0, 6)], 6)
@@ -459,5 +451,3 @@ def test_units_of_work_follow_the_size_of_the_heads():
             [(i, slice(j, j + 3)) for i in range(2) for j in (0, 3)], 3)
         assert attention_ops._units((), 10, 10, True, True) == ([()], 1)
         assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
-    finally:
-        _rows.set_num_threads(before)

@@ -15,6 +15,7 @@ import pytest
 
 import tinynorm as tn
 from tinynorm import backend
+from torch_pairs import num_threads
 
 PACKAGE = pathlib.Path(tn.__file__).parent
 REPO = PACKAGE.parent
@@ -213,9 +214,7 @@ def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
         return
     seen = []
     blocks = [(k, slice(k, k + 1)) for k in range(4)]
-    saved = _rows.get_num_threads()
-    _rows.set_num_threads(2)
-    try:
+    with num_threads(2):
         _rows.for_each_block(blocks, lambda k, rows: seen.append(tn.backend.blas_threads()),
                              4 * _rows.BLOCK_ELEMENTS)
         assert seen == [1, 1, 1, 1]
@@ -227,5 +226,3 @@ def test_blas_runs_single_threaded_only_while_blocks_run_on_threads():
         with pytest.raises(ValueError, match="block failed"):
             _rows.for_each_block(blocks, fail, 4 * _rows.BLOCK_ELEMENTS)
         assert tn.backend.blas_threads() == before
-    finally:
-        _rows.set_num_threads(saved)

@@ -16,7 +16,7 @@ import tinynorm as tn
 from tinynorm import kernels
 from tinynorm.kernels import cpu_gelu
 from tinynorm.nn import functional as F
-from tinynorm.ops import _rows
+from torch_pairs import num_threads
 
 rng = np.random.default_rng(77)
 RTOL = 3e-7  # fit 1.2e-7 + rounding to float32 6e-8, with margin; measured 1.7e-7
@@ -143,15 +143,11 @@ def test_same_bits_on_one_and_two_threads():
     x_np = rng.standard_normal((4, 200_000)).astype(np.float32)
     g_np = rng.standard_normal(x_np.shape).astype(np.float32)
     results = []
-    before = _rows.get_num_threads()
     for threads in (1, 2):
-        _rows.set_num_threads(threads)
-        try:
+        with num_threads(threads):
             x = tn.tensor(x_np, requires_grad=True)
             y = F.gelu(x)
             y.backward(tn.tensor(g_np))
-        finally:
-            _rows.set_num_threads(before)
         results.append((y.detach().numpy(), np.asarray(x.grad)))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)

@@ -20,7 +20,7 @@ from tinynorm.testing import strategies as tst
 from tinynorm.testing.compare import to_host as host
 
 from demos._seed_torch import SeedLayerNorm  # the seed tutorial's from-scratch LayerNorm
-from torch_pairs import close
+from torch_pairs import close, num_threads
 
 # float64 parity with PyTorch: within 1e-10 relative, and 1e-10 · max(max|expected|, 1) absolute
 TOL64 = dict(rtol=1e-10, atol=1e-10, scale_atol=True, min_scale=1.0)
@@ -422,16 +422,11 @@ def test_results_are_the_same_bits_for_any_thread_count(op, fused):
     params = [w, b] if op == "layer_norm" else [w]
     fn = (lambda x, w, b: F.layer_norm(x, 300, w, b)) if op == "layer_norm" else \
         (lambda x, w: F.rms_norm(x, 300, w))
-    previous = tn.ops.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2, 3):
-            tn.ops.set_num_threads(threads)
-            with kernels.fused(fused):
-                y, dx, dparams = run_ours(fn, x, params, upstream)
-            results.append([host(y), host(dx)] + [host(p) for p in dparams])
-    finally:
-        tn.ops.set_num_threads(previous)
+    for threads in (1, 2, 3):
+        with num_threads(threads), kernels.fused(fused):
+            y, dx, dparams = run_ours(fn, x, params, upstream)
+        results.append([host(y), host(dx)] + [host(p) for p in dparams])
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)

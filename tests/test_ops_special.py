@@ -12,6 +12,7 @@ import tinynorm as tn
 from tinynorm.testing import gradcheck
 from tinynorm.testing.strategies import arrays, shapes
 from tinynorm.testing.compare import to_host as host
+from torch_pairs import num_threads
 
 F = tn.nn.functional
 
@@ -251,20 +252,15 @@ def test_matmul_by_rows_is_the_same_product_on_any_thread_count(shape_a, shape_b
     call, for 1 and 2 threads, a transposed operand included."""
     import importlib
 
-    from tinynorm.ops import _rows
     matmul_ops = importlib.import_module("tinynorm.ops.matmul")
 
     rng = np.random.default_rng(8)
     a = rng.standard_normal(shape_a).astype(np.float32)
     b = rng.standard_normal(shape_b[::-1]).astype(np.float32).T  # a transposed view
-    before = _rows.get_num_threads()
     results = []
-    try:
-        for threads in (1, 2):
-            _rows.set_num_threads(threads)
+    for threads in (1, 2):
+        with num_threads(threads):
             results.append(matmul_ops.matmul_by_rows(a, b))
-    finally:
-        _rows.set_num_threads(before)
     for r in results:
         np.testing.assert_array_equal(r, a @ b)
         assert r.shape == (shape_a[0], shape_b[1]) and r.dtype == np.float32
@@ -279,7 +275,6 @@ def test_matmuls_by_rows_makes_several_products_together_with_the_same_bits(thre
     are cut (3 threads: two parts of one product, one of the other)."""
     import importlib
 
-    from tinynorm.ops import _rows
     matmul_ops = importlib.import_module("tinynorm.ops.matmul")
 
     rng = np.random.default_rng(9)
@@ -287,12 +282,8 @@ def test_matmuls_by_rows_makes_several_products_together_with_the_same_bits(thre
     w = rng.standard_normal((200, 96)).astype(np.float32)
     x = rng.standard_normal((300, 96)).astype(np.float32)
     bias = rng.standard_normal(96).astype(np.float32)
-    before = _rows.get_num_threads()
-    try:
-        _rows.set_num_threads(threads)
+    with num_threads(threads):
         dx, dw = matmul_ops.matmuls_by_rows((g, w), (g.T, x), biases=(bias, None))
-    finally:
-        _rows.set_num_threads(before)
     np.testing.assert_array_equal(dx, g @ w + bias)
     np.testing.assert_array_equal(dw, g.T @ x)
     assert dx.shape == (300, 96) and dw.shape == (200, 96)

@@ -1,11 +1,14 @@
-"""Helpers shared by the tests: the same float64 data as a tinynorm leaf and a torch leaf, and
-the float64 parity check ``close`` (by default 1e-10 relative, plus a 1e-12 absolute floor for
-entries that are 0 up to rounding)."""
+"""Helpers shared by the tests: the same float64 data as a tinynorm leaf and a torch leaf, the
+float64 parity check ``close`` (by default 1e-10 relative, plus a 1e-12 absolute floor for
+entries that are 0 up to rounding), and ``num_threads`` for tinynorm's thread count."""
+import contextlib
+
 import numpy as np
 import torch
 
 import tinynorm as tn
 from tinynorm.testing import assert_close
+from tinynorm.ops import _rows
 from tinynorm.testing.compare import to_host as host  # noqa: F401 — imported from here
 
 RTOL, ATOL = 1e-10, 1e-12
@@ -31,6 +34,18 @@ def close(ours, theirs, *, rtol=RTOL, atol=ATOL, scale_atol=False, min_scale=0.0
         if not what:
             raise
         raise AssertionError(f"{what}: {err}") from None
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """tinynorm's CPU thread count set to ``n`` inside the block, and the previous count
+    restored on leaving it, also when the block raises."""
+    before = _rows.get_num_threads()
+    _rows.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _rows.set_num_threads(before)
 
 
 def leaf_pair(a):
