@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tinynorm as tn
+from tinynorm.ops import shape as shape_ops
 
 F = tn.nn.functional
 
@@ -38,6 +39,12 @@ SHAPE_MISMATCHES = [
     ("masked_fill", lambda: t(3).masked_fill(mask(2, 3), 0.0), [(3,), (2, 3)]),
     ("reshape", lambda: t(2, 3).reshape(4, 2), [(2, 3), (4, 2)]),
     ("reshape", lambda: t(2, 3).view(-1, 4), [(2, 3), (-1, 4)]),
+    ("reshape", lambda: t(2, 3).reshape(-1, -1), [(2, 3), (-1, -1)]),
+    ("reshape", lambda: t(2, 3).reshape(-2, -3), [(2, 3), (-2, -3)]),  # was NumPy's bare error
+    ("reshape", lambda: t(2, 3).reshape(3, -2), [(2, 3), (3, -2)]),  # NumPy would infer 2
+    ("reshape", lambda: t(0, 3).reshape(0, -1), [(0, 3), (0, -1)]),  # -1 of an empty tensor
+    ("view", lambda: shape_ops.view(t(2, 3), 4, 2), [(2, 3), (4, 2)]),
+    ("view", lambda: shape_ops.view(t(2, 3), 3, -2), [(2, 3), (3, -2)]),
     ("expand", lambda: t(2, 3).expand(4, 4), [(2, 3), (4, 4)]),
     ("expand", lambda: t(3, 1).expand(-1, 3, 4), [(3, 1), (-1, 3, 4)]),  # -1 in a new dim
     ("flatten", lambda: t(2, 3, 4).flatten(2, 1), [(2, 3, 4)]),
@@ -109,3 +116,17 @@ def test_pow_rejects_tensor_exponents():
 def test_getitem_out_of_range_names_the_shape():
     with pytest.raises(IndexError, match=re.escape("getitem: ") + ".*" + re.escape("(2, 3)")):
         t(2, 3)[5]
+
+
+@pytest.mark.parametrize("op, call", [
+    ("reshape", lambda: t(2, 3).reshape(4, 2)),
+    ("reshape", lambda: t(2, 3).view(-1, 4)),
+    ("view", lambda: shape_ops.view(t(2, 3), -1, -1)),
+])
+def test_reshape_error_wraps_numpys(op, call):
+    """The array library's own error is the cause (``raise ... from``), not swallowed; the
+    message in front of it is tinynorm's, naming the op and both shapes."""
+    with pytest.raises(ValueError, match=rf"^{op}: .*\(2, 3\)") as info:
+        call()
+    cause = info.value.__cause__
+    assert isinstance(cause, ValueError) and not str(cause).startswith(op), cause

@@ -19,22 +19,28 @@ def _sizes(shape):
 
 
 class Reshape(Function):
-    """y = x with a new shape (one -1 allowed); the number of elements must match."""
+    """y = x with a new shape (one -1 allowed); the number of elements must match. ``op`` is
+    the name errors give: "reshape", or "view" (the same op here)."""
 
     @staticmethod
-    def forward(ctx, x, shape):
-        known = math.prod(s for s in shape if s != -1)
-        if shape.count(-1) > 1 or (-1 not in shape and known != x.size) or (
-                -1 in shape and (known == 0 or x.size % known)):
-            raise ValueError(f"reshape: cannot view a tensor of shape {x.shape} ({x.size} elements) "
-                             f"as shape {shape}")
+    def forward(ctx, x, shape, op):
+        # NumPy infers any negative size, PyTorch only -1: the one rule NumPy does not check
+        if any(s < -1 for s in shape):
+            raise ValueError(f"{op}: shape {shape} has a size below -1 (only one -1, the "
+                             f"inferred size, may be negative); the tensor's shape is {x.shape}")
+        try:
+            y = x.reshape(shape)
+        except ValueError as err:
+            raise ValueError(f"{op}: a tensor of shape {x.shape} ({x.size} elements) cannot take "
+                             f"the shape {shape}: the sizes must multiply to {x.size}, with at "
+                             f"most one -1 (inferred)") from err
         ctx.shape = x.shape
-        return x.reshape(shape)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
         """Reshaping is a bijection of positions: dx = grad_out reshaped back. Saves the shape."""
-        return grad_out.reshape(ctx.shape), None
+        return grad_out.reshape(ctx.shape), None, None
 
 
 class Permute(Function):
@@ -172,7 +178,13 @@ class Split(Function):
 
 
 def reshape(x, *shape):
-    return Reshape.apply(x, _sizes(shape))
+    return Reshape.apply(x, _sizes(shape), "reshape")
+
+
+def view(x, *shape):
+    """``Tensor.view``: reshape, under its own name in errors. Any layout can be viewed here
+    (NumPy copies when it must), where PyTorch's view requires compatible strides."""
+    return Reshape.apply(x, _sizes(shape), "view")
 
 
 def flatten(x, start_dim=0, end_dim=-1):
