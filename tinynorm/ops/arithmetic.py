@@ -12,6 +12,7 @@ from ._adjoint import broadcast_shape, unbroadcast
 
 
 def _shape(a):
+    """An operand's shape: () for a Python number (also used by select's where)."""
     return a.shape if hasattr(a, "shape") else ()
 
 

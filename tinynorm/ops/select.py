@@ -5,6 +5,7 @@ from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
 from ._adjoint import broadcast_shape, unbroadcast
+from .arithmetic import _shape
 
 
 class Where(Function):
@@ -15,7 +16,7 @@ class Where(Function):
         if not backend.is_array(cond) or cond.dtype.kind != "b":
             raise TypeError(f"where: condition must be a bool tensor, got "
                             f"{getattr(cond, 'dtype', type(cond).__name__)}")
-        ctx.shapes = (getattr(a, "shape", ()), getattr(b, "shape", ()))
+        ctx.shapes = (_shape(a), _shape(b))
         broadcast_shape("where", cond.shape, *ctx.shapes)
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
