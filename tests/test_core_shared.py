@@ -246,3 +246,118 @@ def test_zero_grads_over_any_iterable():
     assert a.grad.tolist() == [0.0, 0.0] and b.grad.tolist() == [3.0, 4.0, 5.0]
     zero_grads(p for p in (a, b))
     assert a.grad is None and b.grad is None
+
+
+# ---- grad mode and anomaly detection: one "flag for a block" class (autograd._FlagMode) --
+class MakesNaN(tn.Function):
+    """y = x · nan (no floating-point warning): what detect_anomaly must stop."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * np.nan
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return grad_out * np.nan
+
+
+def _anomaly_on() -> bool:
+    """Whether detect_anomaly is in force, seen only through its effect."""
+    try:
+        MakesNaN.apply(tn.tensor([1.0]))
+    except RuntimeError as err:
+        assert "detect_anomaly: MakesNaN.forward produced nan" in str(err)
+        return True
+    return False
+
+
+MODES = {  # name -> (make a fresh block, read the flag, the flag's value inside, outside)
+    "no_grad": (tn.no_grad, tn.is_grad_enabled, False, True),
+    "enable_grad": (tn.enable_grad, tn.is_grad_enabled, True, False),
+    "set_grad_enabled(False)": (lambda: tn.set_grad_enabled(False), tn.is_grad_enabled,
+                                False, True),
+    "set_grad_enabled(True)": (lambda: tn.set_grad_enabled(True), tn.is_grad_enabled,
+                               True, False),
+    "detect_anomaly": (tn.detect_anomaly, _anomaly_on, True, False),
+}
+
+
+@pytest.fixture(params=list(MODES))
+def mode(request):
+    """A MODES entry, run from its flag's `outside` value; the flags are checked after."""
+    make, read, inside, outside = MODES[request.param]
+    with tn.set_grad_enabled(outside if read is tn.is_grad_enabled else True):
+        assert read() is outside
+        yield make, read, inside, outside
+        assert read() is outside
+    assert tn.is_grad_enabled() and not _anomaly_on()
+
+
+def test_mode_as_a_context_manager_restores_the_flag_also_after_an_exception(mode):
+    make, read, inside, outside = mode
+    with make() as block:
+        assert read() is inside
+    assert read() is outside and block is not None
+    with pytest.raises(KeyError):
+        with make():
+            assert read() is inside
+            raise KeyError("boom")
+    assert read() is outside
+
+
+def test_mode_as_a_decorator_switches_per_call_also_recursively_and_on_exceptions(mode):
+    make, read, inside, outside = mode
+
+    @make()
+    def depth(n, fail=False):  # one decorator instance, entered again by each recursive call
+        assert read() is inside
+        if n == 0 and fail:
+            raise ValueError("at the bottom")
+        return 0 if n == 0 else 1 + depth(n - 1, fail)
+
+    assert read() is outside, "decorating must not switch the flag"
+    assert depth(3) == 3 and read() is outside
+    with pytest.raises(ValueError, match="at the bottom"):
+        depth(2, fail=True)
+    assert read() is outside
+    assert depth(0) == 0 and read() is outside  # the instance is still usable
+
+
+OPPOSITE = {"no_grad": tn.enable_grad, "enable_grad": tn.no_grad, "detect_anomaly": None}
+
+
+@pytest.mark.parametrize("mode", list(OPPOSITE), indirect=True)
+def test_one_block_nests_in_itself_and_in_others(mode, request):
+    make, read, inside, outside = mode
+    opposite = OPPOSITE[request.node.callspec.params["mode"]]
+    block = make()
+    with block:
+        with block:  # the same instance entered twice: a stack of saved values
+            assert read() is inside
+        assert read() is inside
+        with make():
+            assert read() is inside
+        assert read() is inside
+        if opposite is not None:
+            with opposite():
+                assert read() is outside
+                with block:
+                    assert read() is inside
+                assert read() is outside
+        assert read() is inside
+    assert read() is outside
+
+
+def test_grad_mode_and_anomaly_are_independent_flags():
+    with tn.detect_anomaly():
+        with tn.no_grad():
+            assert _anomaly_on() and not tn.is_grad_enabled()
+            with tn.enable_grad():
+                assert tn.is_grad_enabled() and _anomaly_on()
+        assert tn.is_grad_enabled() and _anomaly_on()
+    with tn.no_grad():
+        assert not _anomaly_on()
+    x = tn.tensor([2.0], requires_grad=True)
+    y = MakesNaN.apply(x)  # no check outside the block: nan flows freely
+    with tn.detect_anomaly(), pytest.raises(RuntimeError, match=r"MakesNaN\.backward produced nan"):
+        y.backward(tn.tensor([0.5]))

@@ -41,25 +41,34 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-class no_grad(contextlib.ContextDecorator):
-    """No graph is recorded and nothing is saved for backward inside this block."""
+class _FlagMode(contextlib.ContextDecorator):
+    """Sets the module flag named ``_flag`` to ``_mode`` for a block, or for each call of a
+    decorated function, and gives it back the value it found on exit, exceptions included.
+    The flags are process-wide (one value for all threads), as they always were here.
+    """
 
-    _mode = False
+    _flag: str
+    _mode: bool
 
     def __init__(self):
         # a stack, not one saved value: a decorated function may call itself recursively
         self._outer = []
 
     def __enter__(self):
-        global _grad_enabled
-        self._outer.append(_grad_enabled)
-        _grad_enabled = self._mode
+        flags = globals()
+        self._outer.append(flags[self._flag])
+        flags[self._flag] = self._mode
         return self
 
     def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._outer.pop()
+        globals()[self._flag] = self._outer.pop()
         return False
+
+
+class no_grad(_FlagMode):
+    """No graph is recorded and nothing is saved for backward inside this block."""
+
+    _flag, _mode = "_grad_enabled", False
 
 
 class enable_grad(no_grad):
@@ -75,33 +84,21 @@ class set_grad_enabled(no_grad):
     def __init__(self, mode: bool):
         super().__init__()
         self._mode, self._decorating = bool(mode), False
-        no_grad.__enter__(self)  # takes effect now; __exit__ restores the mode before it
+        _FlagMode.__enter__(self)  # takes effect now; __exit__ restores the mode before it
 
     def __enter__(self):
-        return no_grad.__enter__(self) if self._decorating else self
+        return _FlagMode.__enter__(self) if self._decorating else self
 
     def __call__(self, func):
-        no_grad.__exit__(self)  # a decorator must not switch the mode at decoration time
+        _FlagMode.__exit__(self)  # a decorator must not switch the mode at decoration time
         self._decorating = True
         return super().__call__(func)
 
 
-class detect_anomaly(contextlib.ContextDecorator):
+class detect_anomaly(_FlagMode):
     """Raise as soon as a forward or backward produces NaN or Inf, naming the op."""
 
-    def __init__(self):
-        self._outer = []
-
-    def __enter__(self):
-        global _anomaly
-        self._outer.append(_anomaly)
-        _anomaly = True
-        return self
-
-    def __exit__(self, *exc):
-        global _anomaly
-        _anomaly = self._outer.pop()
-        return False
+    _flag, _mode = "_anomaly", True
 
 
 def _check_finite(arrays, fn_name: str, where: str) -> None:
