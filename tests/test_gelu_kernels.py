@@ -16,7 +16,9 @@ import tinynorm as tn
 from tinynorm import kernels
 from tinynorm.kernels import cpu_gelu
 from tinynorm.nn import functional as F
-from torch_pairs import num_threads
+from torch_pairs import needs_numba, num_threads
+
+pytestmark = needs_numba  # every test here runs the compiled kernels
 
 rng = np.random.default_rng(77)
 RTOL = 3e-7  # fit 1.2e-7 + rounding to float32 6e-8, with margin; measured 1.7e-7
@@ -38,12 +40,6 @@ def exact_gelu_grad(x, g):
 
 def relative_error(ours, exact):
     return np.abs(ours - exact) / np.maximum(np.abs(exact), TINY)
-
-
-@pytest.fixture(autouse=True)
-def _needs_numba():
-    if not kernels.cpu_available():
-        pytest.skip("numba is not installed (the compiled kernels are the `cpu` extra)")
 
 
 def test_forward_relative_error_everywhere_including_the_left_tail():

@@ -17,9 +17,8 @@ from tinynorm.kernels import cpu_norms
 from tinynorm.nn import functional as F
 from tinynorm.ops import _rows
 from tinynorm.testing.compare import to_host as host
+from torch_pairs import needs_numba
 
-needs_numba = pytest.mark.skipif(not kernels.cpu_available(),
-                                 reason='numba not installed: pip install "tinynorm[cpu]"')
 OPS = ["layer_norm", "rms_norm"]
 KERNELS = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 

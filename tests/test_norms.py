@@ -20,16 +20,15 @@ from tinynorm.testing import strategies as tst
 from tinynorm.testing.compare import to_host as host
 
 from demos._seed_torch import SeedLayerNorm  # the seed tutorial's from-scratch LayerNorm
-from torch_pairs import close, num_threads
+from torch_pairs import close, needs_numba, num_threads
 
 # float64 parity with PyTorch: within 1e-10 relative, and 1e-10 · max(max|expected|, 1) absolute
 TOL64 = dict(rtol=1e-10, atol=1e-10, scale_atol=True, min_scale=1.0)
 
 # kernels.fused(on) for the whole test: True runs the kernels (numba on the CPU, which CI
 # installs: conftest fails the run without it), False the reference path.
-NO_NUMBA = pytest.mark.skipif(not kernels.cpu_available(),
-                              reason='numba not installed: pip install "tinynorm[cpu]"')
-PATHS = [pytest.param(True, id="kernels", marks=NO_NUMBA), pytest.param(False, id="reference")]
+PATHS = [pytest.param(True, id="kernels", marks=needs_numba),
+         pytest.param(False, id="reference")]
 
 
 def run_ours(fn, x, params, upstream):

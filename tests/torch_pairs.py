@@ -1,17 +1,24 @@
 """Helpers shared by the tests: the same float64 data as a tinynorm leaf and a torch leaf, the
 float64 parity check ``close`` (by default 1e-10 relative, plus a 1e-12 absolute floor for
-entries that are 0 up to rounding), and ``num_threads`` for tinynorm's thread count."""
+entries that are 0 up to rounding), ``num_threads`` for tinynorm's thread count, and the
+``needs_numba`` marker."""
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 import tinynorm as tn
+from tinynorm import kernels
 from tinynorm.testing import assert_close
 from tinynorm.ops import _rows
 from tinynorm.testing.compare import to_host as host  # noqa: F401 — imported from here
 
 RTOL, ATOL = 1e-10, 1e-12
+
+# for tests of the compiled CPU kernels, which exist only where numba is installed
+needs_numba = pytest.mark.skipif(not kernels.cpu_available(),
+                                 reason='numba not installed: pip install "tinynorm[cpu]"')
 
 
 def close(ours, theirs, *, rtol=RTOL, atol=ATOL, scale_atol=False, min_scale=0.0, what=""):
