@@ -140,6 +140,33 @@ def _norm_param_grad_sum(a, grid, block):
     a["dw"][...], a["db"][...] = sum_w, sum_b
 
 
+def _rms_norm_param_grad_partials(a, grid, block):
+    rows, n, per = int(a["rows"]), int(a["n"]), int(a["rows_per_chunk"])
+    tile, strands = block
+    assert (tile, strands) == (_cuda.PARTIAL_TILE, _cuda.PARTIAL_STRANDS), block
+    assert (grid[0] - 1) * tile < n <= grid[0] * tile, f"grid {grid} misses columns of {n}"
+    dy, x = a["dy"].reshape(rows, n), a["x"].reshape(rows, n)
+    x_hat = x * a["rstd"][:, None]
+    for chunk in range(grid[1]):
+        first, last = chunk * per, min(rows, chunk * per + per)
+        sum_w = np.zeros((strands, n))
+        for s in range(strands):
+            for row in range(first + s, last, strands):
+                sum_w[s] += dy[row].astype(np.float64) * x_hat[row].astype(np.float64)
+        for s in range(1, strands):
+            sum_w[0] += sum_w[s]
+        a["partial_w"][chunk * n:(chunk + 1) * n] = sum_w[0]
+
+
+def _rms_norm_param_grad_sum(a, grid, block):
+    chunks, n = int(a["chunks"]), int(a["n"])
+    assert grid[0] * block[0] >= n, f"grid {grid} × block {block} misses columns of {n}"
+    sum_w = np.zeros(n)
+    for k in range(chunks):
+        sum_w += a["partial_w"][k * n:(k + 1) * n]
+    a["dw"][...] = sum_w
+
+
 def _softmax_forward(a, grid, block):
     n, t = int(a["n"]), block[0]
     x = a["x"].reshape(grid[0], n)
@@ -158,7 +185,8 @@ def _softmax_backward(a, grid, block):
 EMULATIONS = {f.__name__[1:]: f for f in (
     _layer_norm_forward, _layer_norm_backward_input, _rms_norm_forward,
     _rms_norm_backward_input, _norm_param_grad_partials, _norm_param_grad_sum,
-    _softmax_forward, _softmax_backward)}
+    _rms_norm_param_grad_partials, _rms_norm_param_grad_sum, _softmax_forward,
+    _softmax_backward)}
 SIGNATURE = re.compile(r"__global__\s+void\s+(?:ROW_LAUNCH_BOUNDS|__launch_bounds__\([^)]*\))"
                        r"\s+(\w+)\s*\(([^)]*)\)")
 PARAM = re.compile(r"^(const\s+)?(T|double|int)\s*(\*)?\s*(?:__restrict__\s+)?(\w+)$")

@@ -186,10 +186,10 @@ RACE_SIZES = {"rows": 5, "n": 300, "chunks": 3, "rows_per_chunk": 2}
 
 def _geometry(name):
     rows, n = RACE_SIZES["rows"], RACE_SIZES["n"]
-    if name == "norm_param_grad_partials":
+    if name.endswith("norm_param_grad_partials"):  # LayerNorm's dγ/dβ and RMSNorm's dγ
         return (-(-n // _cuda.PARTIAL_TILE), RACE_SIZES["chunks"]), (_cuda.PARTIAL_TILE,
                                                                      _cuda.PARTIAL_STRANDS)
-    if name == "norm_param_grad_sum":
+    if name.endswith("norm_param_grad_sum"):
         return (-(-n // 256), 1), (256, 1)
     return (rows, 1), (_cuda.row_threads(n), 1)
 

@@ -119,6 +119,32 @@ def test_wrappers_without_affine_parameters_or_param_grads(emulated, dtype):
     assert dw is None
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("rows,n", [(300, 3), (196, 64), (3, 4097)])
+def test_rms_norm_backward_sums_dgamma_alone(emulated, rows, n, dtype):
+    """RMSNorm has no β: its backward launches its own dγ-only kernels, never LayerNorm's
+    dγ/dβ ones, and their dγ has the bits LayerNorm's kernels give with μ = 0. (300, 3) and
+    (196, 64) sum many row chunks, the last one short; (3, 4097) one chunk, 129 column tiles."""
+    from tinynorm.kernels import norms
+
+    x, w, _, dy = inputs(rows, n, dtype, seed=rows + n)
+    gx, gw, gdy = on_gpu(x), on_gpu(w), on_gpu(dy)
+    _, r = kernels.rms_norm_forward(gx, gw, EPS)
+    LAUNCHED.clear()
+    dx, dw = kernels.rms_norm_backward(gdy, gx, gw, r)
+    assert LAUNCHED == ["rms_norm_backward_input", "rms_norm_param_grad_partials",
+                        "rms_norm_param_grad_sum"], LAUNCHED
+    _, _, want_dx, want_dw = ref_rms_norm(np, x, w, dy)
+    assert_matches(dx, want_dx, dtype, "rms_norm dx")
+    assert_matches(dw, want_dw, dtype, "rms_norm dweight")
+    with_mean_zero, _ = norms._param_grads(EMULATED_CUPY, gdy, gx, on_gpu(np.zeros(rows, dtype)), r)
+    assert np.array_equal(np.asarray(dw).view(np.uint8), np.asarray(with_mean_zero).view(np.uint8))
+    for weight, need in ((None, True), (gw, False)):  # no dγ wanted: no column sums at all
+        LAUNCHED.clear()
+        assert kernels.rms_norm_backward(gdy, gx, weight, r, need_param_grads=need)[1] is None
+        assert LAUNCHED == ["rms_norm_backward_input"], LAUNCHED
+
+
 def test_wrappers_name_the_op_on_mismatched_inputs(emulated):
     x = on_gpu(np.ones((4, 3), np.float32))
     with pytest.raises(TypeError, match=r"layer_norm \(fused\): weight has dtype float64"):

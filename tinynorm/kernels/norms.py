@@ -18,7 +18,8 @@ RMSNorm backward    g = dy·γ;  dx = r·(g − x̂·mean(g·x̂));  dγ = Σ_ro
 Row sums accumulate in the input's precision (float32 for float32). dγ and dβ are sums over
 all rows, so they accumulate in float64 and without atomics: each block of the partial-sum
 kernel owns the float64 sums of one run of rows for 32 columns, and a second kernel adds
-those runs in a fixed order; the result is the same bits on every run.
+those runs in a fixed order; the result is the same bits on every run. RMSNorm has no β: its
+two kernels sum dγ alone, with x̂ = x·r (no μ to read).
 A missing γ (or β) is passed as ones (zeros), which changes no value; dγ is then returned
 as None.
 """
@@ -125,8 +126,8 @@ rms_norm_backward_input(const T* __restrict__ dy, const T* __restrict__ x,
 // [first, last) of chunk blockIdx.y. A warp is one threadIdx.y, so it reads 32 adjacent
 // elements of one row. Each thread adds every 8th row of the chunk in order, in float64;
 // the 8 strands are then added in order 0..7. No two
-// blocks write the same partial, so no atomics. x̂ = (x − μ)·r as in the backward above;
-// RMSNorm passes μ = 0.
+// blocks write the same partial, so no atomics. x̂ = (x − μ)·r as in the backward above.
+// LayerNorm's only: RMSNorm (no μ, no β) has its own pair below.
 template <typename T>
 __global__ void __launch_bounds__(PARTIAL_TILE * PARTIAL_STRANDS)
 norm_param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
@@ -175,11 +176,50 @@ norm_param_grad_sum(const double* __restrict__ partial_w, const double* __restri
     dw[col] = (T)sum_w;
     db[col] = (T)sum_b;
 }
+
+// RMSNorm's dγ, steps 1 and 2: the blocks, rows, strands and order of the two kernels above
+// (so the same bits as they give for dγ), with x̂ = x·r and no dβ sum.
+template <typename T>
+__global__ void __launch_bounds__(PARTIAL_TILE * PARTIAL_STRANDS)
+rms_norm_param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
+                             const T* __restrict__ rstd, const int rows, const int n,
+                             const int rows_per_chunk, double* __restrict__ partial_w) {
+    __shared__ double strand_w[PARTIAL_STRANDS][PARTIAL_TILE];
+    const int col = blockIdx.x * PARTIAL_TILE + threadIdx.x;
+    const int first = blockIdx.y * rows_per_chunk;
+    const int last = min(rows, first + rows_per_chunk);
+    double sum_w = 0.0;
+    if (col < n) {
+        for (int row = first + threadIdx.y; row < last; row += PARTIAL_STRANDS) {
+            const size_t i = (size_t)row * n + col;
+            const T x_hat = x[i] * rstd[row];
+            sum_w += (double)dy[i] * (double)x_hat;
+        }
+    }
+    strand_w[threadIdx.y][threadIdx.x] = sum_w;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < n) {
+        for (int k = 1; k < PARTIAL_STRANDS; ++k) sum_w += strand_w[k][threadIdx.x];
+        partial_w[(size_t)blockIdx.y * n + col] = sum_w;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+rms_norm_param_grad_sum(const double* __restrict__ partial_w, const int chunks, const int n,
+                        T* __restrict__ dw) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) return;
+    double sum_w = 0.0;
+    for (int k = 0; k < chunks; ++k) sum_w += partial_w[(size_t)k * n + col];
+    dw[col] = (T)sum_w;
+}
 """
 
 SOURCE = Source("norms", CODE, ("layer_norm_forward", "layer_norm_backward_input",
                                 "rms_norm_forward", "rms_norm_backward_input",
-                                "norm_param_grad_partials", "norm_param_grad_sum"))
+                                "norm_param_grad_partials", "norm_param_grad_sum",
+                                "rms_norm_param_grad_partials", "rms_norm_param_grad_sum"))
 SUM_THREADS = 256
 
 
@@ -265,8 +305,7 @@ def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True):
             (dy, x, gamma, rstd, xp.int32(n), dx))
     if weight is None or not need_param_grads:
         return dx, None
-    dw, _ = _param_grads(xp, dy, x, xp.zeros((rows,), dtype=x.dtype), rstd)  # μ = 0
-    return dx, dw
+    return dx, _rms_weight_grad(xp, dy, x, rstd)
 
 
 def _param_grads(xp, dy, x, mean, rstd):
@@ -285,3 +324,17 @@ def _param_grads(xp, dy, x, mean, rstd):
     _launch(xp, "norm_param_grad_sum", x.dtype, (-(-n // SUM_THREADS),), (SUM_THREADS,),
             (partial_w, partial_b, xp.int32(chunks), xp.int32(n), dw, db))
     return dw, db
+
+
+def _rms_weight_grad(xp, dy, x, rstd):
+    """RMSNorm's dγ = Σ_rows dy·x̂, x̂ = x·r, in the chunks and order of ``_param_grads``."""
+    rows, n = x.shape
+    chunks, rows_per_chunk = param_grad_chunks(rows, n)
+    partial_w = xp.empty((chunks, n), dtype=backend.float64)
+    _launch(xp, "rms_norm_param_grad_partials", x.dtype, (-(-n // PARTIAL_TILE), chunks),
+            (PARTIAL_TILE, PARTIAL_STRANDS),
+            (dy, x, rstd, xp.int32(rows), xp.int32(n), xp.int32(rows_per_chunk), partial_w))
+    dw = xp.empty((n,), dtype=x.dtype)
+    _launch(xp, "rms_norm_param_grad_sum", x.dtype, (-(-n // SUM_THREADS),), (SUM_THREADS,),
+            (partial_w, xp.int32(chunks), xp.int32(n), dw))
+    return dw
