@@ -18,6 +18,7 @@ import tinynorm as tn
 from tinynorm.data import (IGNORE_INDEX, STDLIB_MODULES, CharCorpus, CharVocab, CopyTask,
                            data_generator, stdlib_text)
 from tinynorm.models import CausalLM, deepnorm_alpha, deepnorm_beta
+from tinynorm.ops.attention import ScaledDotProductAttention
 from tinynorm.testing import assert_close
 
 torch = pytest.importorskip("torch")
@@ -182,6 +183,50 @@ def test_matches_pytorch_reference(norm, norm_type, residual):
     loss.backward()
 
     assert_close(logits.detach(), ref_logits.detach().numpy(), rtol=TOL, atol=TOL)
+    assert_close(loss.detach(), ref_loss.detach().numpy(), rtol=TOL, atol=TOL)
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        assert_close(p.grad, ref_params[name].grad.numpy(), rtol=TOL, atol=TOL)
+
+
+def attention_saved(out):
+    """Per attention node in ``out``'s graph, the shapes of the float arrays it saved."""
+    found, stack, seen = [], [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.fn is ScaledDotProductAttention:
+            found.append([a.shape for a in node.saved_tensors
+                          if a is not None and a.dtype.kind == "f"])
+        stack.extend(getattr(edge, "node", None) for edge in node.edges)
+    return found
+
+
+@pytest.mark.parametrize("length, rebuilt", [(10, False), (30, True)])
+def test_long_sequences_rebuild_attention_weights_and_match_pytorch(length, rebuilt):
+    """Attention keeps P (T × T per head) for backward on short sequences and only a
+    log-sum-exp per token on long ones (T > 6·d_head = 24: the SDPA op's default), in every
+    layer; the loss and every gradient still match the reference."""
+    max_len = 32
+    torch.manual_seed(1)
+    ref = RefCausalLM("pre", "layer", True).double()
+    ref.position_embedding = tnn.Embedding(max_len, D_MODEL).double()
+    model = CausalLM(VOCAB, D_MODEL, HEADS, LAYERS, d_ff=D_FF, max_len=max_len).to(tn.float64)
+    model.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
+    idx, target = ids((2, length), seed=5), ids((2, length), seed=6)
+
+    loss = model.loss(tn.tensor(idx), tn.tensor(target))
+    saved = attention_saved(loss)
+    assert len(saved) == LAYERS
+    for shapes in saved:
+        assert ((2, HEADS, length, 1) in shapes) == rebuilt, shapes
+        assert ((2, HEADS, length, length) in shapes) == (not rebuilt), shapes
+    loss.backward()
+    ref_loss = TF.cross_entropy(ref(torch.tensor(idx)).reshape(-1, VOCAB),
+                                torch.tensor(target).reshape(-1))
+    ref_loss.backward()
     assert_close(loss.detach(), ref_loss.detach().numpy(), rtol=TOL, atol=TOL)
     ref_params = dict(ref.named_parameters())
     for name, p in model.named_parameters():

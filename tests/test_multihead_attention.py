@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import tinynorm as tn
 from tinynorm import nn
+from tinynorm.ops.attention import ScaledDotProductAttention
 from tinynorm.testing import gradcheck
 from tinynorm.testing.strategies import arrays
 
@@ -265,20 +266,34 @@ def test_mha_constructor_and_call_errors():
         mha(tn.randn(4, 3, 6), x, x)
 
 
-@pytest.mark.parametrize("length, rebuilt", [(4, False), (40, True)])
-def test_mha_need_weights_false_keeps_or_rebuilds_p_and_matches_torch(length, rebuilt):
-    """need_weights=False keeps P for short sequences and rebuilds it in backward for long
-    ones (P larger than twice q, k and v); both match torch, gradients included."""
-    from tinynorm.nn import attention as attention_module
+def attention_saved(out):
+    """Shapes of the float arrays the attention node in ``out``'s graph saved for backward."""
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.fn is ScaledDotProductAttention:
+            return [a.shape for a in node.saved_tensors if a is not None and a.dtype.kind == "f"]
+        stack.extend(getattr(edge, "node", None) for edge in node.edges)
+    raise AssertionError("no attention node in the graph")
 
-    calls = []
-    original = attention_module.scaled_dot_product_attention
+
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("length, rebuilt", [(5, False), (40, True)])
+def test_mha_keeps_or_rebuilds_p_and_matches_torch(length, rebuilt, need_weights):
+    """need_weights=False leaves the choice to the SDPA op's default: P kept for short
+    sequences, rebuilt in backward for long ones (P larger than twice q, k and v: L > 24 at
+    4 features a head); need_weights=True returns P, so keeps it. All match torch, gradients
+    included."""
     ours, theirs = module_pair(8, 2, batch_first=True)  # 4 features a head
     inputs = seq_inputs(2, length, length, 8, 8, 8, True, True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_module, "scaled_dot_product_attention",
-                      lambda *a, recompute=False: calls.append(recompute) or original(
-                          *a, recompute=recompute))
-        check_module_parity(ours, theirs, inputs, masks=(None, np.triu(
-            np.ones((length, length), bool), 1)), need_weights=False)
-    assert calls == [rebuilt]
+    masks = (None, np.triu(np.ones((length, length), bool), 1))
+    x = tn.tensor(inputs[0], requires_grad=True)
+    out, _ = ours(x, x, x, attn_mask=tn.tensor(masks[1]), need_weights=need_weights)
+    saved = attention_saved(out)
+    keeps_lse = rebuilt and not need_weights
+    assert ((2, 2, length, 1) in saved) == keeps_lse, saved
+    assert ((2, 2, length, length) in saved) == (not keeps_lse), saved
+    check_module_parity(ours, theirs, inputs, masks=masks, need_weights=need_weights)

@@ -73,7 +73,9 @@ class CausalSelfAttention(nn.Module):
 
     Q, K, V come from three Linear(d_model, d_model) layers (``q_proj``, ``k_proj``,
     ``v_proj``; separate so DeepNorm can scale V's init alone). Token t attends to tokens
-    ≤ t only (``F.scaled_dot_product_attention(..., is_causal=True)``).
+    ≤ t only (``F.scaled_dot_product_attention(..., is_causal=True)``). What backward keeps
+    is the op's default choice: the attention weights P for short sequences, only a
+    log-sum-exp per token when P would outgrow q, k and v (T > 6·d_head).
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0):

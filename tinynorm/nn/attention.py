@@ -40,10 +40,10 @@ class MultiheadAttention(Module):
     output shaped like query; weights (N, L, S) averaged over heads, or (N, num_heads, L, S)
     with ``average_attn_weights=False`` (no N when unbatched), or None if not ``need_weights``.
     The weights are those applied to V, after dropout when training, as PyTorch returns them.
-    With ``need_weights=False`` and long sequences (``_recompute``), backward keeps only a
-    log-sum-exp per query row and rebuilds the attention weights block by block
-    (``recompute=True`` of the SDPA op), as PyTorch's fused CPU kernel does; otherwise the
-    weights are kept for backward.
+    With ``need_weights=False`` the SDPA op chooses what backward keeps (its default
+    ``recompute=None``): for long sequences only a log-sum-exp per query row, the attention
+    weights being rebuilt block by block, as PyTorch's fused CPU kernel does; for short ones
+    the weights. With ``need_weights=True`` the weights are returned, so they are kept.
 
     Differences from PyTorch (documented): ``add_bias_kv`` and ``add_zero_attn`` are not
     implemented (NotImplementedError); a query row whose keys are all masked gives output 0
@@ -139,8 +139,7 @@ class MultiheadAttention(Module):
             if not batched:
                 weights = ops.squeeze(weights, 0)
         else:
-            heads = scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal,
-                                                 recompute=_recompute(q, k, v))
+            heads = scaled_dot_product_attention(q, k, v, mask, dropout_p, use_causal)
         out = self.out_proj(merge_heads(heads, batch_dim))
         return (out if batched else ops.squeeze(out, 1)), weights
 
@@ -217,16 +216,6 @@ def _check_shapes(mha, query, key, value, key_padding_mask, attn_mask) -> bool:
             raise TypeError(f"{NAME}: only bool and floating {name} are supported, got "
                             f"{m.dtype}")
     return batched
-
-
-def _recompute(q, k, v) -> bool:
-    """Whether backward should rebuild P rather than keep it: when P, L·S numbers per head,
-    would hold more than twice q, k and v together (L·E + S·E + S·Ev). Short sequences keep
-    P (rebuilding it costs a product and an exp per block, a few percent of a block's
-    backward at L = 256); at L = S = 1024 with 64 features per head P would be 5x q, k and v
-    (100 MiB a layer for (2, 12) heads in float32), and is rebuilt."""
-    length, source = q.shape[-2], k.shape[-2]
-    return length * source > 2 * (length * q.shape[-1] + source * (k.shape[-1] + v.shape[-1]))
 
 
 def _merged_mask(attn_mask, key_padding_mask, n, num_heads, length, source, batched, dtype, xp):

@@ -61,6 +61,20 @@ def _check_inputs(q, k, v, attn_mask, dropout_p, is_causal) -> tuple:
     return batch
 
 
+def rebuilds_p(q, k, v) -> bool:
+    """``recompute=None``'s rule: whether backward rebuilds P rather than keeping it.
+
+    It does when P, L·S numbers per head, would hold more than twice q, k and v together
+    (L·S > 2·(L·E + S·E + S·Ev)): memory saved for backward then grows with L·S instead of
+    L. Rebuilding costs one more Q Kᵀ product and exp per block of P (10-15% of the forward
+    and backward of (2, 12, 512, 64) in benchmarks/attention.py), so shorter sequences keep
+    P. With 64 features a head the line lies at L = S = 384: at 512 P is 2.7x q, k and v
+    (24 MiB for (2, 12) heads in float32, against 48 KiB of log-sum-exp), at 1024 5.3x.
+    """
+    length, source = q.shape[-2], k.shape[-2]
+    return length * source > 2 * (length * q.shape[-1] + source * (k.shape[-1] + v.shape[-1]))
+
+
 BLOCK_ROWS = 128  # causal attention runs over blocks of this many query rows
 TILE_ELEMENTS = 1 << 18  # CPU: a block of scores (rows × keys), 1 MiB in float32, stays in
 #                          cache from the matmul that writes it through softmax to P V
@@ -236,13 +250,16 @@ class ScaledDotProductAttention(Function):
     Forward runs unit by unit (a head, or several heads stacked when they are small: see
     ``_units``) and, within a unit, over blocks of query rows (``_row_blocks``): each block
     of P is made and used while in cache. The whole P is
-    written out only when something needs it: backward (unless ``recompute``) or the
-    caller (``return_weights``); otherwise, as under no_grad, a block-sized array serves.
+    written out only when something needs it: backward (unless ``recompute``; None chooses
+    by ``rebuilds_p``) or the caller (``return_weights``); otherwise, as under no_grad, a
+    block-sized array serves.
     """
 
     @staticmethod
     def forward(ctx, q, k, v, attn_mask, dropout_p, is_causal, scale, return_weights, recompute):
         batch = _check_inputs(q, k, v, attn_mask, dropout_p, is_causal)
+        if recompute is None:
+            recompute = rebuilds_p(q, k, v)
         xp = backend.array_module(q, k, v, attn_mask)
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         length, source = q.shape[-2], k.shape[-2]
@@ -336,7 +353,8 @@ class ScaledDotProductAttention(Function):
         and references to q, k, v (inputs, no new memory), each only when a gradient needs it.
         With ``recompute=True`` P is not kept: only log Σ e^S per row (L per head), and each
         block of P is rebuilt here as exp(scale·Q Kᵀ + M − lse): one more matmul and exp for
-        S× less memory.
+        S× less memory. ``recompute=None`` (the default) rebuilds P when it would hold more
+        than twice q, k and v (``rebuilds_p``).
         """
         q, k, v, attn_mask, saved_p, out, keep = ctx.saved_tensors
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
@@ -415,21 +433,29 @@ class ScaledDotProductAttention(Function):
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
-                                 is_causal=False, scale=None, *, recompute=False):
+                                 is_causal=False, scale=None, *, recompute=None):
     """``F.scaled_dot_product_attention``: softmax(scale·Q Kᵀ + M) V.
 
     As in PyTorch, dropout is applied to P whenever ``dropout_p > 0`` (the function has no
     training flag: callers pass ``dropout_p=0.0`` in evaluation, as ``nn.MultiheadAttention``
-    does); the dropout mask comes from ``backend.generator``. ``recompute=True`` (a tinynorm
-    extension) keeps only the row log-sum-exp for backward instead of P (see the backward).
+    does); the dropout mask comes from ``backend.generator``.
+
+    ``recompute`` (keyword only) is a tinynorm extension; PyTorch has no such argument. It
+    says what backward keeps: with True only the row log-sum-exp, P being rebuilt block by
+    block in backward (one more Q Kᵀ product and exp; PyTorch's fused CPU kernel does the
+    same), with False P itself (L·S per head). None, the default, rebuilds P when it would
+    hold more than twice q, k and v together, L·S > 2·(L·E + S·E + S·Ev) (``rebuilds_p``):
+    long sequences. The output and gradients are the same either way, up to rounding.
     """
     return ScaledDotProductAttention.apply(query, key, value, attn_mask, float(dropout_p),
-                                           bool(is_causal), scale, False, bool(recompute))
+                                           bool(is_causal), scale, False,
+                                           None if recompute is None else bool(recompute))
 
 
 def attention_with_weights(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                            scale=None):
     """(O, P_d): the output and the weights applied to V (after dropout), both differentiable;
-    what ``nn.MultiheadAttention`` returns with ``need_weights=True``."""
+    what ``nn.MultiheadAttention`` returns with ``need_weights=True``. P is returned, so it
+    is kept for backward too (``recompute=False``)."""
     return ScaledDotProductAttention.apply(query, key, value, attn_mask, float(dropout_p),
                                            bool(is_causal), scale, True, False)
