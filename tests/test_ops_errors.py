@@ -38,7 +38,7 @@ SHAPE_MISMATCHES = [
     ("masked_fill", lambda: t(2, 3).masked_fill(mask(3, 2), 0.0), [(2, 3), (3, 2)]),
     ("masked_fill", lambda: t(3).masked_fill(mask(2, 3), 0.0), [(3,), (2, 3)]),
     ("reshape", lambda: t(2, 3).reshape(4, 2), [(2, 3), (4, 2)]),
-    ("reshape", lambda: t(2, 3).view(-1, 4), [(2, 3), (-1, 4)]),
+    ("view", lambda: t(2, 3).view(-1, 4), [(2, 3), (-1, 4)]),
     ("reshape", lambda: t(2, 3).reshape(-1, -1), [(2, 3), (-1, -1)]),
     ("reshape", lambda: t(2, 3).reshape(-2, -3), [(2, 3), (-2, -3)]),  # was NumPy's bare error
     ("reshape", lambda: t(2, 3).reshape(3, -2), [(2, 3), (3, -2)]),  # NumPy would infer 2
@@ -120,7 +120,7 @@ def test_getitem_out_of_range_names_the_shape():
 
 @pytest.mark.parametrize("op, call", [
     ("reshape", lambda: t(2, 3).reshape(4, 2)),
-    ("reshape", lambda: t(2, 3).view(-1, 4)),
+    ("view", lambda: t(2, 3).view(-1, 4)),
     ("view", lambda: shape_ops.view(t(2, 3), -1, -1)),
 ])
 def test_reshape_error_wraps_numpys(op, call):

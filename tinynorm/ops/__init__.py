@@ -17,5 +17,5 @@ from ._rows import get_num_threads, set_num_threads
 from .reduce import max, mean, sum
 from .select import masked_fill, where
 from .shape import (cat, chunk, expand, flatten, getitem, permute, reshape, split, squeeze,
-                    stack, transpose, unsqueeze)
+                    stack, transpose, unsqueeze, view)
 from .softmax import log_softmax, softmax
