@@ -272,7 +272,7 @@ def test_matmul_by_rows_is_the_same_product_on_any_thread_count(shape_a, shape_b
 def test_matmuls_by_rows_makes_several_products_together_with_the_same_bits(threads):
     """Linear's backward makes dx = G W and dW = Gᵀ X together (``matmuls_by_rows``): each
     result is NumPy's product bit for bit, whatever the thread count and however the rows
-    are cut (3 threads: two parts of one product, one of the other)."""
+    are cut (3 threads: each product cut in two, four blocks)."""
     import importlib
 
     matmul_ops = importlib.import_module("tinynorm.ops.matmul")
@@ -287,3 +287,30 @@ def test_matmuls_by_rows_makes_several_products_together_with_the_same_bits(thre
     np.testing.assert_array_equal(dx, g @ w + bias)
     np.testing.assert_array_equal(dw, g.T @ x)
     assert dx.shape == (300, 96) and dw.shape == (200, 96)
+
+
+def test_a_product_of_one_block_runs_on_single_threaded_blas(monkeypatch):
+    """A one-row product (one block) takes the calling thread's path, with OpenBLAS held to
+    one thread as everywhere else, not the threaded path, where OpenBLAS would thread it and
+    leave its spinning workers in the next op's way."""
+    import contextlib
+    import importlib
+
+    from tinynorm import backend
+    matmul_ops = importlib.import_module("tinynorm.ops.matmul")
+
+    entered = []
+    original = backend.single_threaded_blas
+
+    @contextlib.contextmanager
+    def counting():
+        entered.append(True)
+        with original():
+            yield
+
+    monkeypatch.setattr(backend, "single_threaded_blas", counting)
+    a = np.ones((1, 4096), np.float32)
+    b = np.ones((4096, 2048), np.float32)
+    with num_threads(2):
+        out = matmul_ops.matmul_by_rows(a, b)
+    assert entered and out.shape == (1, 2048) and (out == 4096).all()
