@@ -262,9 +262,10 @@ def test_row_blocks_without_causal_mask_match_torch(recompute, units):
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_heads_on_threads_give_the_same_bits(is_causal):
     """Heads are shared out over the thread pool in units of several heads, cut by the
-    thread count (2 units of 6 heads on one thread, 4 of 3 on two); each unit writes only
-    its own heads, and a unit's row blocks do not depend on how many heads it stacks, so
-    one thread and two give identical outputs and gradients (dropout included)."""
+    thread count (on one thread as many as fit a tile: all 12 causal, 6 without the mask;
+    on two, 4 units of 3); each unit writes only its own heads, and a unit's row blocks do
+    not depend on how many heads it stacks, so one thread and two give identical outputs
+    and gradients (dropout included)."""
     arrays = [rng.standard_normal(s).astype(np.float32) for s in
               [(2, 6, 200, 16), (2, 6, 150, 16), (2, 6, 150, 16)]]
     grad = rng.standard_normal((2, 6, 200, 16)).astype(np.float32)
@@ -272,7 +273,8 @@ def test_heads_on_threads_give_the_same_bits(is_causal):
     for threads in (1, 2):
         with num_threads(threads):
             units, stacked = attention_ops._units((2, 6), 200, 150, is_causal, True)
-            assert (len(units), stacked) == ((2, 6) if threads == 1 else (4, 3))
+            one_thread = (1, 12) if is_causal else (2, 6)
+            assert (len(units), stacked) == (one_thread if threads == 1 else (4, 3))
             q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
             tn.manual_seed(3)
             out, weights = attention_with_weights(q, k, v, is_causal=is_causal, dropout_p=0.2)
@@ -451,3 +453,21 @@ def test_units_of_work_follow_the_size_of_the_heads():
             [(i, slice(j, j + 3)) for i in range(2) for j in (0, 3)], 3)
         assert attention_ops._units((), 10, 10, True, True) == ([()], 1)
         assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
+
+
+def test_thread_counts_give_the_same_bits_with_a_broadcast_key():
+    """One, two and three threads, a key broadcast over the batch, no mask, float32: the
+    same bits (every path holds BLAS to one thread, the one-thread path included, where
+    OpenBLAS threading the per-unit products itself gave other bits)."""
+    q, v, g = (rng.standard_normal((5, 600, 4)).astype(np.float32) for _ in range(3))
+    k = rng.standard_normal((1, 600, 4)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        with num_threads(threads):
+            leaves = [tn.tensor(a, requires_grad=True) for a in (q, k, v)]
+            out = F.scaled_dot_product_attention(*leaves)
+            out.backward(tn.tensor(g))
+        results.append([host(out)] + [host(a.grad) for a in leaves])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)

@@ -17,9 +17,10 @@ by about 8% and 256K gained little more.)
 Why threads: NumPy releases the GIL inside its loops and BLAS calls, so blocks handed to a
 few threads run on several cores at once. Each thread takes the next block not yet taken. The
 blocks depend only on the shape, and each block writes its own rows and its own slot of any
-per-block partial sums, so the result is the same bits for any number of threads. While the
-blocks run on several threads, NumPy's BLAS runs single-threaded (``backend.
-single_threaded_blas``): BLAS threads on top of ours would oversubscribe the cores.
+per-block partial sums, so the result is the same bits for any number of threads. While
+blocks run, NumPy's BLAS runs single-threaded (``backend.single_threaded_blas``), on one
+thread of ours as on several: BLAS threads on top of ours would oversubscribe the cores, and
+a product OpenBLAS threads itself can come out in other bits.
 
 With numba installed the norms call compiled loops instead (tinynorm.kernels.cpu_norms),
 which walk one row at a time and need no cache blocking: they take bigger blocks of rows
@@ -163,9 +164,10 @@ def for_each_block(blocks: list, work, elements: int) -> None:
     BLOCK_ELEMENTS, at most one per block (a GPU caller's single block stays on this thread).
     """
     threads = min(_num_threads, len(blocks), max(1, elements // BLOCK_ELEMENTS))
-    if threads <= 1:
-        for k, part in blocks:
-            work(k, part)
+    if threads <= 1:  # BLAS on one thread here too: the same products, so the same bits
+        with backend.single_threaded_blas():
+            for k, part in blocks:
+                work(k, part)
         return
 
     pending, taking = iter(blocks), threading.Lock()
