@@ -11,7 +11,7 @@ import tinynorm as tn
 from tinynorm.nn import functional as F
 from tinynorm.ops.attention import attention_with_weights, rebuilds_p
 
-from torch_pairs import close, leaf_pair
+from torch_pairs import attention_saved, close, leaf_pair
 
 rng = np.random.default_rng(2024)
 
@@ -35,8 +35,7 @@ def saved_kind(out, length, source, batch=(2, 3)):
     """"P" or "lse": which of the two the attention node saved for backward, told apart by
     shape, batch + (L, S) or batch + (L, 1), and float dtype (the dropout mask is bool, an
     (L, S) attn_mask has no batch dims; the sizes in CASES keep q, k, v and O apart)."""
-    shapes = [a.shape for a in out.grad_fn.saved_tensors
-              if a is not None and a.dtype.kind == "f"]
+    [shapes] = attention_saved(out)
     has_p, has_lse = batch + (length, source) in shapes, batch + (length, 1) in shapes
     assert has_p != has_lse, shapes
     return "P" if has_p else "lse"

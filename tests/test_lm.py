@@ -18,8 +18,9 @@ import tinynorm as tn
 from tinynorm.data import (IGNORE_INDEX, STDLIB_MODULES, CharCorpus, CharVocab, CopyTask,
                            data_generator, stdlib_text)
 from tinynorm.models import CausalLM, deepnorm_alpha, deepnorm_beta
-from tinynorm.ops.attention import ScaledDotProductAttention
 from tinynorm.testing import assert_close
+
+from torch_pairs import attention_saved
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -187,21 +188,6 @@ def test_matches_pytorch_reference(norm, norm_type, residual):
     ref_params = dict(ref.named_parameters())
     for name, p in model.named_parameters():
         assert_close(p.grad, ref_params[name].grad.numpy(), rtol=TOL, atol=TOL)
-
-
-def attention_saved(out):
-    """Per attention node in ``out``'s graph, the shapes of the float arrays it saved."""
-    found, stack, seen = [], [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.fn is ScaledDotProductAttention:
-            found.append([a.shape for a in node.saved_tensors
-                          if a is not None and a.dtype.kind == "f"])
-        stack.extend(getattr(edge, "node", None) for edge in node.edges)
-    return found
 
 
 @pytest.mark.parametrize("length, rebuilt", [(10, False), (30, True)])

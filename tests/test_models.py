@@ -143,7 +143,6 @@ def test_transformer_defaults_and_layout():
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in ref.parameters())
 
 
-
 def test_seed_classes_with_need_weights_false_compute_the_same_function():
     """The benchmark's PyTorch column with need_weights=False: same keys, same output and
     gradients as the seed's classes (only PyTorch's attention kernel differs)."""
@@ -165,6 +164,7 @@ def test_seed_classes_with_need_weights_false_compute_the_same_function():
     y.backward(upstream)
     y_ref.backward(upstream)
     assert_close(x.grad.numpy(), x_ref.grad.numpy(), rtol=TOL, atol=TOL)
+
 
 # ---- dropout in training mode -----------------------------------------------------------------
 def test_block_dropout_zeroes_a_fraction_p_and_keeps_the_mean():

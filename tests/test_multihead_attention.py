@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 import tinynorm as tn
 from tinynorm import nn
-from tinynorm.ops.attention import ScaledDotProductAttention
 from tinynorm.testing import gradcheck
 from tinynorm.testing.strategies import arrays
 
-from torch_pairs import close, host, leaf_pair, mask_pair
+from torch_pairs import attention_saved, close, host, leaf_pair, mask_pair
 
 rng = np.random.default_rng(4321)
 
@@ -266,20 +265,6 @@ def test_mha_constructor_and_call_errors():
         mha(tn.randn(4, 3, 6), x, x)
 
 
-def attention_saved(out):
-    """Shapes of the float arrays the attention node in ``out``'s graph saved for backward."""
-    stack, seen = [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if node.fn is ScaledDotProductAttention:
-            return [a.shape for a in node.saved_tensors if a is not None and a.dtype.kind == "f"]
-        stack.extend(getattr(edge, "node", None) for edge in node.edges)
-    raise AssertionError("no attention node in the graph")
-
-
 @pytest.mark.parametrize("need_weights", [False, True])
 @pytest.mark.parametrize("length, rebuilt", [(5, False), (40, True)])
 def test_mha_keeps_or_rebuilds_p_and_matches_torch(length, rebuilt, need_weights):
@@ -292,7 +277,7 @@ def test_mha_keeps_or_rebuilds_p_and_matches_torch(length, rebuilt, need_weights
     masks = (None, np.triu(np.ones((length, length), bool), 1))
     x = tn.tensor(inputs[0], requires_grad=True)
     out, _ = ours(x, x, x, attn_mask=tn.tensor(masks[1]), need_weights=need_weights)
-    saved = attention_saved(out)
+    [saved] = attention_saved(out)
     keeps_lse = rebuilt and not need_weights
     assert ((2, 2, length, 1) in saved) == keeps_lse, saved
     assert ((2, 2, length, length) in saved) == (not keeps_lse), saved

@@ -6,7 +6,11 @@ import contextlib
 
 import numpy as np
 import pytest
-import torch
+
+try:  # the torch-free tests import num_threads and needs_numba from here too
+    import torch
+except ImportError:
+    torch = None
 
 import tinynorm as tn
 from tinynorm import kernels
@@ -29,8 +33,9 @@ def close(ours, theirs, *, rtol=RTOL, atol=ATOL, scale_atol=False, min_scale=0.0
     With ``scale_atol`` the absolute floor follows the data's size instead:
     ``atol · max(max|theirs|, min_scale)`` (NaNs ignored; an empty ``theirs`` gives
     ``atol · min_scale``). ``what`` names the comparison in the failure message."""
-    ours, theirs = (v.detach().numpy() if isinstance(v, torch.Tensor) else v
-                    for v in (ours, theirs))
+    if torch is not None:
+        ours, theirs = (v.detach().numpy() if isinstance(v, torch.Tensor) else v
+                        for v in (ours, theirs))
     if scale_atol:
         expected = host(theirs)
         largest = float(np.nanmax(np.abs(expected))) if expected.size else 0.0
@@ -67,3 +72,21 @@ def mask_pair(mask):
     if mask.dtype == bool:
         return tn.tensor(mask), torch.tensor(mask)
     return leaf_pair(mask)
+
+
+def attention_saved(out):
+    """Per attention node in ``out``'s graph (the order of a walk from ``out``), the shapes
+    of the float arrays it saved for backward: P (batch + (L, S)) or a log-sum-exp
+    (batch + (L, 1)), O, q, k, v (the dropout mask is bool and left out)."""
+    from tinynorm.ops.attention import ScaledDotProductAttention
+    found, stack, seen = [], [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.fn is ScaledDotProductAttention:
+            found.append([a.shape for a in node.saved_tensors
+                          if a is not None and a.dtype.kind == "f"])
+        stack.extend(getattr(edge, "node", None) for edge in node.edges)
+    return found
