@@ -180,7 +180,8 @@ def backend_of(device: str | None, op: str = "tinynorm") -> str:
 
 
 def asarray(data, dtype=None, device: str | None = None):
-    """``data`` as an array on ``device`` (``"cpu"``/``"cuda"``; None: the current backend)."""
+    """``data`` as an array on ``device`` (``"cpu"``, ``"cuda"`` or ``"cuda:N"``, read by
+    ``backend_of``; None: the current backend)."""
     if backend_of(device) == "numpy":
         return numpy.asarray(to_numpy(data), dtype=dtype)
     return _load_cupy().asarray(data, dtype=dtype)
