@@ -361,3 +361,22 @@ def test_grad_mode_and_anomaly_are_independent_flags():
     y = MakesNaN.apply(x)  # no check outside the block: nan flows freely
     with tn.detect_anomaly(), pytest.raises(RuntimeError, match=r"MakesNaN\.backward produced nan"):
         y.backward(tn.tensor([0.5]))
+
+
+@pytest.mark.parametrize("device", [None, "cpu", "cpu:0"])
+@pytest.mark.parametrize("dtype", [None, "float32", np.float32])
+def test_as_tensor_shares_memory_when_dtype_and_device_already_match(device, dtype):
+    """As torch.as_tensor: no copy when nothing changes, naming the array's own device or
+    dtype included; a Tensor comes back as itself."""
+    a = np.arange(6, dtype=np.float32)
+    t = tn.as_tensor(a, dtype=dtype, device=device)
+    assert np.shares_memory(t.data, a)
+    assert tn.as_tensor(t, dtype=dtype, device=device) is t
+
+
+def test_as_tensor_copies_when_the_dtype_changes():
+    a = np.arange(6, dtype=np.float32)
+    t = tn.as_tensor(a, dtype=np.float64)
+    assert t.dtype == np.float64 and not np.shares_memory(t.data, a)
+    with pytest.raises(ValueError, match="tinynorm.as_tensor: unknown device 'gpu0'"):
+        tn.as_tensor(a, device="gpu0")

@@ -47,11 +47,15 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:
-    """Like ``tensor`` but shares memory with an array of the right dtype and device."""
-    if isinstance(data, Tensor) and dtype is None and device is None:
-        return data
-    if backend.is_array(data) and device is None and (dtype is None or data.dtype == dtype):
-        return Tensor(data)
+    """Like ``tensor`` but shares memory with an array (or is the Tensor itself) when its
+    dtype and device already are the ones asked for, as ``torch.as_tensor``."""
+    array = data.data if isinstance(data, Tensor) else data
+    if backend.is_array(array):
+        same_dtype = dtype is None or array.dtype == backend.numpy_dtype(dtype)
+        same_device = device is None or backend.backend_of(device, op="tinynorm.as_tensor") == (
+            "numpy" if backend.device_of(array) == "cpu" else "cupy")
+        if same_dtype and same_device:
+            return data if isinstance(data, Tensor) else Tensor(data)
     return tensor(data, dtype=dtype, device=device)
 
 
