@@ -36,7 +36,7 @@ def matmuls_by_rows(*products, biases=None):
     packs its b once, and the threads are handed work once instead of twice. In a
     ModernTransformerBlock step (four layers, 2 × 256 rows, 2 cores) Linear's backward took
     73.6 ms instead of 75.9. The rows of each result are the same products as before, so the
-    same bits. A product of one block (one row, or one thread) stays on the calling thread.
+    same bits. A product of one block (one row, or one thread) runs on the calling thread.
     """
     first = products[0][0]
     xp = backend.array_module(*(operand for pair in products for operand in pair))
@@ -51,15 +51,13 @@ def matmuls_by_rows(*products, biases=None):
         if bias is not None:
             out[rows] += bias
 
-    parts = -(-threads // len(products))
+    # small work, or the GPU: each product whole, on this thread (``elements`` 0: one thread,
+    # where for_each_block holds BLAS to one thread as everywhere else)
+    one_thread = backend.device_of(first) != "cpu" or work < MIN_THREADED_PRODUCT
+    parts = 1 if one_thread else -(-threads // len(products))
     blocks = [(i, rows) for i, (a, _) in enumerate(products)
               for _, rows in slices(a.shape[0], max(1, -(-a.shape[0] // parts)))]
-    if backend.device_of(first) != "cpu" or len(blocks) <= 1 or work < MIN_THREADED_PRODUCT:
-        with backend.single_threaded_blas():
-            for i in range(len(products)):
-                product(i, slice(None))
-        return outs
-    for_each_block(blocks, product, work)
+    for_each_block(blocks, product, 0 if one_thread else work)
     return outs
 
 
