@@ -52,8 +52,8 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     array = data.data if isinstance(data, Tensor) else data
     if backend.is_array(array):
         same_dtype = dtype is None or array.dtype == backend.numpy_dtype(dtype)
-        same_device = device is None or backend.backend_of(device, op="tinynorm.as_tensor") == (
-            "numpy" if backend.device_of(array) == "cpu" else "cupy")
+        same_device = device is None or backend.backend_of(
+            device, op="tinynorm.as_tensor") == backend.backend_of(backend.device_of(array))
         if same_dtype and same_device:
             return data if isinstance(data, Tensor) else Tensor(data)
     return tensor(data, dtype=dtype, device=device)

@@ -19,6 +19,11 @@ def unbroadcast(grad, shape):
     return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
 
 
+def operand_shape(a):
+    """An operand's shape: () for a Python number (the binary ops and where take both)."""
+    return a.shape if hasattr(a, "shape") else ()
+
+
 def broadcast_shape(op: str, *shapes):
     """The broadcast shape of ``shapes``, or a ValueError naming the op and every shape."""
     try:

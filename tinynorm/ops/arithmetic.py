@@ -8,16 +8,11 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, unbroadcast
-
-
-def _shape(a):
-    """An operand's shape: () for a Python number (also used by select's where)."""
-    return a.shape if hasattr(a, "shape") else ()
+from ._adjoint import broadcast_shape, operand_shape, unbroadcast
 
 
 def _check(op, a, b):
-    broadcast_shape(op, _shape(a), _shape(b))
+    broadcast_shape(op, operand_shape(a), operand_shape(b))
 
 
 class Add(Function):
@@ -26,7 +21,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx, a, b):
         _check("add", a, b)
-        ctx.shapes = (_shape(a), _shape(b))
+        ctx.shapes = (operand_shape(a), operand_shape(b))
         return a + b
 
     @staticmethod
@@ -43,7 +38,7 @@ class Sub(Function):
     @staticmethod
     def forward(ctx, a, b):
         _check("sub", a, b)
-        ctx.shapes = (_shape(a), _shape(b))
+        ctx.shapes = (operand_shape(a), operand_shape(b))
         return a - b
 
     @staticmethod
@@ -63,7 +58,7 @@ class Mul(Function):
         # each gradient needs only the *other* factor
         ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
                               a if ctx.needs_input_grad[1] else None)
-        ctx.shapes = (_shape(a), _shape(b))
+        ctx.shapes = (operand_shape(a), operand_shape(b))
         return a * b
 
     @staticmethod
@@ -83,7 +78,7 @@ class Div(Function):
         _check("div", a, b)
         y = a / b
         ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
-        ctx.shapes = (_shape(a), _shape(b))
+        ctx.shapes = (operand_shape(a), operand_shape(b))
         return y
 
     @staticmethod

@@ -4,8 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, unbroadcast
-from .arithmetic import _shape
+from ._adjoint import broadcast_shape, operand_shape, unbroadcast
 
 
 class Where(Function):
@@ -16,7 +15,7 @@ class Where(Function):
         if not backend.is_array(cond) or cond.dtype.kind != "b":
             raise TypeError(f"where: condition must be a bool tensor, got "
                             f"{getattr(cond, 'dtype', type(cond).__name__)}")
-        ctx.shapes = (_shape(a), _shape(b))
+        ctx.shapes = (operand_shape(a), operand_shape(b))
         broadcast_shape("where", cond.shape, *ctx.shapes)
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
