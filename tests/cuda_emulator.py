@@ -109,62 +109,61 @@ def _rms_norm_backward_input(a, grid, block):
     a["dx"].reshape(x.shape)[...] = r * (g - (x * r) * mean_g_xhat)
 
 
-def _norm_param_grad_partials(a, grid, block):
+def _strand_partials(a, grid, block, terms):
+    """The partial-sum kernels' order, for each (per-row float64 terms, output name) in
+    ``terms``: per chunk of rows, strand s adds rows first+s, first+s+strands, … in float64,
+    then the strands are added in order 0..strands−1 into the chunk's row of the output."""
     rows, n, per = int(a["rows"]), int(a["n"]), int(a["rows_per_chunk"])
     tile, strands = block
     assert (tile, strands) == (_cuda.PARTIAL_TILE, _cuda.PARTIAL_STRANDS), block
     assert (grid[0] - 1) * tile < n <= grid[0] * tile, f"grid {grid} misses columns of {n}"
+    for values, name in terms:
+        for chunk in range(grid[1]):
+            first, last = chunk * per, min(rows, chunk * per + per)
+            sums = np.zeros((strands, n))
+            for s in range(strands):
+                for row in range(first + s, last, strands):
+                    sums[s] += values[row]
+            for s in range(1, strands):
+                sums[0] += sums[s]
+            a[name][chunk * n:(chunk + 1) * n] = sums[0]
+
+
+def _chunk_sums(a, grid, block, pairs):
+    """The second kernels: each (partials name, output name) of ``pairs``, the chunks'
+    partials added in chunk order, per column."""
+    chunks, n = int(a["chunks"]), int(a["n"])
+    assert grid[0] * block[0] >= n, f"grid {grid} × block {block} misses columns of {n}"
+    for partial, out in pairs:
+        total = np.zeros(n)
+        for k in range(chunks):
+            total += a[partial][k * n:(k + 1) * n]
+        a[out][...] = total
+
+
+def _norm_param_grad_partials(a, grid, block):
+    rows, n = int(a["rows"]), int(a["n"])
     dy, x = a["dy"].reshape(rows, n), a["x"].reshape(rows, n)
     x_hat = (x - a["mean"][:, None]) * a["rstd"][:, None]
-    for chunk in range(grid[1]):
-        first, last = chunk * per, min(rows, chunk * per + per)
-        sum_w, sum_b = np.zeros((strands, n)), np.zeros((strands, n))
-        for s in range(strands):
-            for row in range(first + s, last, strands):
-                sum_w[s] += dy[row].astype(np.float64) * x_hat[row].astype(np.float64)
-                sum_b[s] += dy[row].astype(np.float64)
-        for s in range(1, strands):
-            sum_w[0] += sum_w[s]
-            sum_b[0] += sum_b[s]
-        a["partial_w"][chunk * n:(chunk + 1) * n] = sum_w[0]
-        a["partial_b"][chunk * n:(chunk + 1) * n] = sum_b[0]
+    dy64 = dy.astype(np.float64)
+    _strand_partials(a, grid, block, [(dy64 * x_hat.astype(np.float64), "partial_w"),
+                                      (dy64, "partial_b")])
 
 
 def _norm_param_grad_sum(a, grid, block):
-    chunks, n = int(a["chunks"]), int(a["n"])
-    assert grid[0] * block[0] >= n, f"grid {grid} × block {block} misses columns of {n}"
-    sum_w, sum_b = np.zeros(n), np.zeros(n)
-    for k in range(chunks):
-        sum_w += a["partial_w"][k * n:(k + 1) * n]
-        sum_b += a["partial_b"][k * n:(k + 1) * n]
-    a["dw"][...], a["db"][...] = sum_w, sum_b
+    _chunk_sums(a, grid, block, [("partial_w", "dw"), ("partial_b", "db")])
 
 
 def _rms_norm_param_grad_partials(a, grid, block):
-    rows, n, per = int(a["rows"]), int(a["n"]), int(a["rows_per_chunk"])
-    tile, strands = block
-    assert (tile, strands) == (_cuda.PARTIAL_TILE, _cuda.PARTIAL_STRANDS), block
-    assert (grid[0] - 1) * tile < n <= grid[0] * tile, f"grid {grid} misses columns of {n}"
+    rows, n = int(a["rows"]), int(a["n"])
     dy, x = a["dy"].reshape(rows, n), a["x"].reshape(rows, n)
     x_hat = x * a["rstd"][:, None]
-    for chunk in range(grid[1]):
-        first, last = chunk * per, min(rows, chunk * per + per)
-        sum_w = np.zeros((strands, n))
-        for s in range(strands):
-            for row in range(first + s, last, strands):
-                sum_w[s] += dy[row].astype(np.float64) * x_hat[row].astype(np.float64)
-        for s in range(1, strands):
-            sum_w[0] += sum_w[s]
-        a["partial_w"][chunk * n:(chunk + 1) * n] = sum_w[0]
+    _strand_partials(a, grid, block,
+                     [(dy.astype(np.float64) * x_hat.astype(np.float64), "partial_w")])
 
 
 def _rms_norm_param_grad_sum(a, grid, block):
-    chunks, n = int(a["chunks"]), int(a["n"])
-    assert grid[0] * block[0] >= n, f"grid {grid} × block {block} misses columns of {n}"
-    sum_w = np.zeros(n)
-    for k in range(chunks):
-        sum_w += a["partial_w"][k * n:(k + 1) * n]
-    a["dw"][...] = sum_w
+    _chunk_sums(a, grid, block, [("partial_w", "dw")])
 
 
 def _softmax_forward(a, grid, block):
