@@ -125,9 +125,42 @@ rms_norm_backward_input(const T* __restrict__ dy, const T* __restrict__ x,
 // (ceil(n / 32), chunks): the block owns columns [32·blockIdx.x, +32) of the rows
 // [first, last) of chunk blockIdx.y. A warp is one threadIdx.y, so it reads 32 adjacent
 // elements of one row. Each thread adds every 8th row of the chunk in order, in float64;
-// the 8 strands are then added in order 0..7. No two
-// blocks write the same partial, so no atomics. x̂ = (x − μ)·r as in the backward above.
-// LayerNorm's only: RMSNorm (no μ, no β) has its own pair below.
+// the 8 strands are then added in order 0..7. No two blocks write the same partial, so no
+// atomics. LAYER: LayerNorm, x̂ = (x − μ)·r as in the backward above, and dβ summed too;
+// otherwise RMSNorm, x̂ = x·r, dγ alone (``mean``, ``partial_b`` and ``strand_b`` unused).
+// ``strand_w``/``strand_b`` are the kernel's shared memory.
+template <typename T, bool LAYER>
+__device__ __forceinline__ void
+param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
+                    const T* __restrict__ mean, const T* __restrict__ rstd,
+                    const int rows, const int n, const int rows_per_chunk,
+                    double* __restrict__ partial_w, double* __restrict__ partial_b,
+                    double (*strand_w)[PARTIAL_TILE], double (*strand_b)[PARTIAL_TILE]) {
+    const int col = blockIdx.x * PARTIAL_TILE + threadIdx.x;
+    const int first = blockIdx.y * rows_per_chunk;
+    const int last = min(rows, first + rows_per_chunk);
+    double sum_w = 0.0, sum_b = 0.0;
+    if (col < n) {
+        for (int row = first + threadIdx.y; row < last; row += PARTIAL_STRANDS) {
+            const size_t i = (size_t)row * n + col;
+            const T x_hat = (LAYER ? x[i] - mean[row] : x[i]) * rstd[row];
+            sum_w += (double)dy[i] * (double)x_hat;
+            if constexpr (LAYER) sum_b += (double)dy[i];
+        }
+    }
+    strand_w[threadIdx.y][threadIdx.x] = sum_w;
+    if constexpr (LAYER) strand_b[threadIdx.y][threadIdx.x] = sum_b;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < n) {
+        for (int k = 1; k < PARTIAL_STRANDS; ++k) {
+            sum_w += strand_w[k][threadIdx.x];
+            if constexpr (LAYER) sum_b += strand_b[k][threadIdx.x];
+        }
+        partial_w[(size_t)blockIdx.y * n + col] = sum_w;
+        if constexpr (LAYER) partial_b[(size_t)blockIdx.y * n + col] = sum_b;
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(PARTIAL_TILE * PARTIAL_STRANDS)
 norm_param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
@@ -136,83 +169,48 @@ norm_param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
                          double* __restrict__ partial_w, double* __restrict__ partial_b) {
     __shared__ double strand_w[PARTIAL_STRANDS][PARTIAL_TILE];
     __shared__ double strand_b[PARTIAL_STRANDS][PARTIAL_TILE];
-    const int col = blockIdx.x * PARTIAL_TILE + threadIdx.x;
-    const int first = blockIdx.y * rows_per_chunk;
-    const int last = min(rows, first + rows_per_chunk);
-    double sum_w = 0.0, sum_b = 0.0;
-    if (col < n) {
-        for (int row = first + threadIdx.y; row < last; row += PARTIAL_STRANDS) {
-            const size_t i = (size_t)row * n + col;
-            const T x_hat = (x[i] - mean[row]) * rstd[row];
-            sum_w += (double)dy[i] * (double)x_hat;
-            sum_b += (double)dy[i];
-        }
-    }
-    strand_w[threadIdx.y][threadIdx.x] = sum_w;
-    strand_b[threadIdx.y][threadIdx.x] = sum_b;
-    __syncthreads();
-    if (threadIdx.y == 0 && col < n) {
-        for (int k = 1; k < PARTIAL_STRANDS; ++k) {
-            sum_w += strand_w[k][threadIdx.x];
-            sum_b += strand_b[k][threadIdx.x];
-        }
-        partial_w[(size_t)blockIdx.y * n + col] = sum_w;
-        partial_b[(size_t)blockIdx.y * n + col] = sum_b;
-    }
+    param_grad_partials<T, true>(dy, x, mean, rstd, rows, n, rows_per_chunk, partial_w,
+                                 partial_b, strand_w, strand_b);
 }
 
-// dγ and dβ, step 2 of 2: one thread per column adds the chunks' partials in chunk order.
-template <typename T>
-__global__ void __launch_bounds__(256)
-norm_param_grad_sum(const double* __restrict__ partial_w, const double* __restrict__ partial_b,
-                    const int chunks, const int n, T* __restrict__ dw, T* __restrict__ db) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= n) return;
-    double sum_w = 0.0, sum_b = 0.0;
-    for (int k = 0; k < chunks; ++k) {
-        sum_w += partial_w[(size_t)k * n + col];
-        sum_b += partial_b[(size_t)k * n + col];
-    }
-    dw[col] = (T)sum_w;
-    db[col] = (T)sum_b;
-}
-
-// RMSNorm's dγ, steps 1 and 2: the blocks, rows, strands and order of the two kernels above
-// (so the same bits as they give for dγ), with x̂ = x·r and no dβ sum.
 template <typename T>
 __global__ void __launch_bounds__(PARTIAL_TILE * PARTIAL_STRANDS)
 rms_norm_param_grad_partials(const T* __restrict__ dy, const T* __restrict__ x,
                              const T* __restrict__ rstd, const int rows, const int n,
                              const int rows_per_chunk, double* __restrict__ partial_w) {
     __shared__ double strand_w[PARTIAL_STRANDS][PARTIAL_TILE];
-    const int col = blockIdx.x * PARTIAL_TILE + threadIdx.x;
-    const int first = blockIdx.y * rows_per_chunk;
-    const int last = min(rows, first + rows_per_chunk);
-    double sum_w = 0.0;
-    if (col < n) {
-        for (int row = first + threadIdx.y; row < last; row += PARTIAL_STRANDS) {
-            const size_t i = (size_t)row * n + col;
-            const T x_hat = x[i] * rstd[row];
-            sum_w += (double)dy[i] * (double)x_hat;
-        }
+    param_grad_partials<T, false>(dy, x, nullptr, rstd, rows, n, rows_per_chunk, partial_w,
+                                  nullptr, strand_w, nullptr);
+}
+
+// dγ (and dβ), step 2 of 2: one thread per column adds the chunks' partials in chunk order.
+template <typename T, bool LAYER>
+__device__ __forceinline__ void
+param_grad_sum(const double* __restrict__ partial_w, const double* __restrict__ partial_b,
+               const int chunks, const int n, T* __restrict__ dw, T* __restrict__ db) {
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= n) return;
+    double sum_w = 0.0, sum_b = 0.0;
+    for (int k = 0; k < chunks; ++k) {
+        sum_w += partial_w[(size_t)k * n + col];
+        if constexpr (LAYER) sum_b += partial_b[(size_t)k * n + col];
     }
-    strand_w[threadIdx.y][threadIdx.x] = sum_w;
-    __syncthreads();
-    if (threadIdx.y == 0 && col < n) {
-        for (int k = 1; k < PARTIAL_STRANDS; ++k) sum_w += strand_w[k][threadIdx.x];
-        partial_w[(size_t)blockIdx.y * n + col] = sum_w;
-    }
+    dw[col] = (T)sum_w;
+    if constexpr (LAYER) db[col] = (T)sum_b;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+norm_param_grad_sum(const double* __restrict__ partial_w, const double* __restrict__ partial_b,
+                    const int chunks, const int n, T* __restrict__ dw, T* __restrict__ db) {
+    param_grad_sum<T, true>(partial_w, partial_b, chunks, n, dw, db);
 }
 
 template <typename T>
 __global__ void __launch_bounds__(256)
 rms_norm_param_grad_sum(const double* __restrict__ partial_w, const int chunks, const int n,
                         T* __restrict__ dw) {
-    const int col = blockIdx.x * blockDim.x + threadIdx.x;
-    if (col >= n) return;
-    double sum_w = 0.0;
-    for (int k = 0; k < chunks; ++k) sum_w += partial_w[(size_t)k * n + col];
-    dw[col] = (T)sum_w;
+    param_grad_sum<T, false>(partial_w, nullptr, chunks, n, dw, nullptr);
 }
 """
 
