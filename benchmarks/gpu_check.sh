@@ -6,8 +6,9 @@
 #      NVRTC compile/spill checks;
 #   2. benchmarks/gpu.py: the fwd+bwd table against PyTorch CUDA and the unfused CuPy path,
 #      and the verdict on the targets;
-#   3. every demo in --quick mode with --backend cupy;
-#   4. the whole test suite under --backend cupy.
+#   3. the norm_speed demo at the seed's shape (100, 2048, 4096) with --backend cupy;
+#   4. every demo in --quick mode with --backend cupy;
+#   5. the whole test suite under --backend cupy.
 #
 # Most important first, each step under its own time limit (seconds, overridable below), so
 # that a slow step cannot starve the others and the whole run stays inside one 10-minute
@@ -20,7 +21,8 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-tinynorm-out/gpu}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
-T_TESTS="${T_TESTS:-150}" T_BENCH="${T_BENCH:-170}" T_DEMOS="${T_DEMOS:-80}" T_SUITE="${T_SUITE:-170}"
+T_TESTS="${T_TESTS:-120}" T_BENCH="${T_BENCH:-150}" T_SPEED="${T_SPEED:-60}" T_DEMOS="${T_DEMOS:-70}"
+T_SUITE="${T_SUITE:-140}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # A cold kernel cache, so that the benchmark's first-call time includes the NVRTC compile.
 export CUPY_CACHE_DIR="$(mktemp -d)"
@@ -71,9 +73,11 @@ step() {  # step NAME LIMIT LOG COMMAND...
 step "1. fused kernels vs reference" "$T_TESTS" gpu_tests.log \
     "${PYTEST[@]}" tests/test_gpu.py tests/test_gpu_emulated.py
 step "2. benchmark" "$T_BENCH" bench.log "$PY" benchmarks/gpu.py --out "$OUT/bench.txt"
-step "3. demos --quick --backend cupy" "$T_DEMOS" demos_cupy.log \
+step "3. norm_speed --backend cupy" "$T_SPEED" norm_speed_cupy.log \
+    "$PY" -m demos norm_speed --backend cupy --out "$(mktemp -d)"
+step "4. demos --quick --backend cupy" "$T_DEMOS" demos_cupy.log \
     "$PY" -m demos all --quick --backend cupy --out "$(mktemp -d)"
-step "4. whole suite --backend cupy" "$T_SUITE" suite_cupy.log \
+step "5. whole suite --backend cupy" "$T_SUITE" suite_cupy.log \
     "${PYTEST[@]}" --durations=10 tests \
     --ignore=tests/test_gpu.py --ignore=tests/test_gpu_emulated.py  # step 1 ran those
 
@@ -86,4 +90,7 @@ step "4. whole suite --backend cupy" "$T_SUITE" suite_cupy.log \
     echo
     echo "--- benchmark verdict ---"
     sed -n '/^verdict/,$p' "$OUT/bench.txt" 2>/dev/null || echo "(no benchmark table)"
+    echo
+    echo "--- norm_speed verdict ---"
+    grep -h "Verdict" "$OUT/norm_speed_cupy.log" 2>/dev/null || echo "(no verdict)"
 } | tee "$OUT/summary.txt"
