@@ -25,6 +25,7 @@ BAD_DEVICES = ["tpu", "mps", "cuda0", "cudax", "cpu1", "cuda:", "cuda:-1", "cuda
 def emulated_gpu(monkeypatch):
     """backend's CuPy is the emulator: arrays moved to "cuda" are EmulatedGPUArrays."""
     monkeypatch.setattr(backend, "_cupy", EMULATED_CUPY)
+    monkeypatch.setattr(backend, "_current", "numpy")  # the suite may run under --backend cupy
 
 
 # ---- device strings --------------------------------------------------------------------
@@ -368,6 +369,8 @@ def test_grad_mode_and_anomaly_are_independent_flags():
 def test_as_tensor_shares_memory_when_dtype_and_device_already_match(device, dtype):
     """As torch.as_tensor: no copy when nothing changes, naming the array's own device or
     dtype included; a Tensor comes back as itself."""
+    if device is None and backend.current() != "numpy":
+        pytest.skip("device=None means the current backend, and NumPy data moves to it")
     a = np.arange(6, dtype=np.float32)
     t = tn.as_tensor(a, dtype=dtype, device=device)
     assert np.shares_memory(t.data, a)
@@ -380,3 +383,19 @@ def test_as_tensor_copies_when_the_dtype_changes():
     assert t.dtype == np.float64 and not np.shares_memory(t.data, a)
     with pytest.raises(ValueError, match="tinynorm.as_tensor: unknown device 'gpu0'"):
         tn.as_tensor(a, device="gpu0")
+
+
+def test_numpy_data_goes_to_the_current_backend_and_gpu_data_stays(emulated_gpu, monkeypatch):
+    """As torch.tensor / torch.as_tensor under torch.set_default_device("cuda"): data that
+    is not a tensor (a NumPy array, a list) is built on the default device; a CUDA array
+    (CuPy's, a Tensor's) keeps its device unless one is named."""
+    a = np.arange(4.0)
+    monkeypatch.setattr(backend, "_current", "cupy")
+    for made in (tn.tensor(a), tn.as_tensor(a), tn.tensor(a.tolist()), tn.tensor(tn.Tensor(a))):
+        assert made.device == "cuda:0" and np.array_equal(np.asarray(made.data), a)
+    assert tn.tensor(a, device="cpu").device == "cpu"
+    assert np.shares_memory(tn.as_tensor(a, device="cpu").data, a)
+    monkeypatch.setattr(backend, "_current", "numpy")
+    gpu = on_gpu(a)
+    assert tn.tensor(gpu).device == "cuda:0" and tn.as_tensor(gpu).data is gpu
+    assert tn.tensor(a).device == "cpu" and tn.tensor(gpu, device="cpu").device == "cpu"

@@ -25,18 +25,30 @@ def _dtype(dtype):
     return backend.DEFAULT_FLOAT if dtype is None else backend.numpy_dtype(dtype)
 
 
+def _home(array) -> str | None:
+    """Where an array goes when no device is named: a CuPy array stays on its GPU (as a CUDA
+    tensor does in ``torch.tensor``); a NumPy array, like any other data that is not a
+    tensor, goes to the current backend (as ``torch.tensor`` builds it on the default device
+    that ``torch.set_default_device`` sets)."""
+    device = backend.device_of(array)
+    return None if device == "cpu" else device
+
+
 def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor:
     """A new tensor holding a copy of ``data``.
 
     dtype rules, as PyTorch: Python floats (and lists of them) become float32; NumPy/CuPy
     arrays and their scalars keep their dtype (float64 stays float64); integers and bools
     keep an integer or bool dtype, for indices, targets and masks.
+
+    Device, when none is given: the current backend, for NumPy arrays too (under the cupy
+    backend ``tensor(numpy_array)`` is on the GPU); a CuPy array stays where it is.
     """
     if isinstance(data, Tensor):
         data = data.data
     dtype_ = None if dtype is None else backend.numpy_dtype(dtype)
     if backend.is_array(data):
-        name = backend.backend_of(device or backend.device_of(data), op="tinynorm.tensor")
+        name = backend.backend_of(device or _home(data), op="tinynorm.tensor")
         arr = backend.module(name).array(backend.to_numpy(data) if name == "numpy" else data,
                                          dtype=dtype_)
     else:
@@ -52,8 +64,8 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     array = data.data if isinstance(data, Tensor) else data
     if backend.is_array(array):
         same_dtype = dtype is None or array.dtype == backend.numpy_dtype(dtype)
-        same_device = device is None or backend.backend_of(
-            device, op="tinynorm.as_tensor") == backend.backend_of(backend.device_of(array))
+        same_device = backend.backend_of(device or _home(array), op="tinynorm.as_tensor") \
+            == backend.backend_of(backend.device_of(array))
         if same_dtype and same_device:
             return data if isinstance(data, Tensor) else Tensor(data)
     return tensor(data, dtype=dtype, device=device)
