@@ -39,7 +39,10 @@ def on_gpu(a):
 
 
 def _poisoned(shape, dtype=np.float64):
-    return on_gpu(np.full(shape, np.nan, dtype))
+    """A fresh array full of NaN that owns its memory (base None), as cupy.empty's does."""
+    a = EmulatedGPUArray(shape, dtype)
+    a[...] = np.nan
+    return a
 
 
 def _butterfly(v, op):

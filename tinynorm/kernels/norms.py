@@ -251,10 +251,20 @@ def layer_norm_forward(x, weight, bias, eps):
     return y, mean, rstd
 
 
-def layer_norm_backward(grad_out, x, weight, mean, rstd, need_param_grads=True):
+def _fresh_dx(xp, x, dx_shape):
+    """dx, made in ``dx_shape`` (rows·n elements; None: x's (rows, n)), and the (rows, n)
+    view of it that the kernel writes. The op passes grad_out's own shape, so that dx is an
+    array of its own, not a view: autograd then hands it to a leaf as its .grad as it is,
+    where a view would be copied first (one more pass over memory)."""
+    dx = xp.empty(x.shape if dx_shape is None else dx_shape, dtype=x.dtype)
+    return dx, dx.reshape(x.shape)
+
+
+def layer_norm_backward(grad_out, x, weight, mean, rstd, need_param_grads=True, dx_shape=None):
     """dx, dγ, dβ of LayerNorm from ``grad_out`` (rows, n), the input ``x`` and the saved
     ``mean`` and ``rstd`` (any shape of rows elements). dγ is None when ``weight`` is None;
-    both are None when ``need_param_grads`` is False (the partial-sum kernels are skipped)."""
+    both are None when ``need_param_grads`` is False (the partial-sum kernels are skipped).
+    dx has the shape ``dx_shape`` (see ``_fresh_dx``)."""
     rows, n = rows_of("layer_norm backward", x)
     xp = backend.array_module(grad_out, x, weight, mean, rstd, op="layer_norm backward (fused)")
     op = "layer_norm backward"
@@ -263,9 +273,9 @@ def layer_norm_backward(grad_out, x, weight, mean, rstd, need_param_grads=True):
     mean = like(op, "mean", mean, x, (rows,))
     rstd = like(op, "rstd", rstd, x, (rows,))
     gamma = _affine(op, "weight", weight, x, n, 1)
-    dx = xp.empty_like(x)
+    dx, dx_rows = _fresh_dx(xp, x, dx_shape)
     _launch(xp, "layer_norm_backward_input", x.dtype, (rows,), (row_threads(n),),
-            (dy, x, gamma, mean, rstd, xp.int32(n), dx))
+            (dy, x, gamma, mean, rstd, xp.int32(n), dx_rows))
     if not need_param_grads:
         return dx, None, None
     dw, db = _param_grads(xp, dy, x, mean, rstd)
@@ -288,9 +298,10 @@ def rms_norm_forward(x, weight, eps):
     return y, rstd
 
 
-def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True):
+def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True, dx_shape=None):
     """dx and dγ of RMSNorm from ``grad_out`` (rows, n), the input ``x`` and the saved
-    ``rstd``. dγ is None when ``weight`` is None or ``need_param_grads`` is False."""
+    ``rstd``. dγ is None when ``weight`` is None or ``need_param_grads`` is False. dx has
+    the shape ``dx_shape`` (see ``_fresh_dx``)."""
     rows, n = rows_of("rms_norm backward", x)
     xp = backend.array_module(grad_out, x, weight, rstd, op="rms_norm backward (fused)")
     op = "rms_norm backward"
@@ -298,9 +309,9 @@ def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True):
     x = xp.ascontiguousarray(x)
     rstd = like(op, "rstd", rstd, x, (rows,))
     gamma = _affine(op, "weight", weight, x, n, 1)
-    dx = xp.empty_like(x)
+    dx, dx_rows = _fresh_dx(xp, x, dx_shape)
     _launch(xp, "rms_norm_backward_input", x.dtype, (rows,), (row_threads(n),),
-            (dy, x, gamma, rstd, xp.int32(n), dx))
+            (dy, x, gamma, rstd, xp.int32(n), dx_rows))
     if weight is None or not need_param_grads:
         return dx, None
     return dx, _rms_weight_grad(xp, dy, x, rstd)

@@ -65,13 +65,14 @@ def softmax_forward(x):
     return y
 
 
-def softmax_backward(grad_out, y):
-    """dx of softmax from ``grad_out`` and the saved output ``y``, both (rows, n)."""
+def softmax_backward(grad_out, y, dx_shape=None):
+    """dx of softmax from ``grad_out`` and the saved output ``y``, both (rows, n); dx has
+    the shape ``dx_shape`` (rows·n elements; None: (rows, n)), as norms' ``_fresh_dx``."""
     rows, n = rows_of("softmax backward", y)
     xp = backend.array_module(grad_out, y, op="softmax backward (fused)")
     dy = like("softmax backward", "grad_out", grad_out, y, (rows, n))
     y = xp.ascontiguousarray(y)
-    dx = xp.empty_like(y)
+    dx = xp.empty(y.shape if dx_shape is None else dx_shape, dtype=y.dtype)
     function(xp, SOURCE, "softmax_backward", y.dtype)((rows,), (row_threads(n),),
-                                                      (dy, y, xp.int32(n), dx))
+                                                      (dy, y, xp.int32(n), dx.reshape(y.shape)))
     return dx

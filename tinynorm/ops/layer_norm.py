@@ -137,8 +137,9 @@ class LayerNorm(Function):
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
             dx, dgamma, dbeta = kernels.layer_norm_backward(
-                dy, x_rows, w, mean, rstd, need_param_grads=need_gamma or need_beta)
-            return (dx.reshape(grad_out.shape) if need_x else None, None,
+                dy, x_rows, w, mean, rstd, need_param_grads=need_gamma or need_beta,
+                dx_shape=grad_out.shape)  # dx its own array, not a view: no copy as a .grad
+            return (dx if need_x else None, None,
                     dgamma.reshape(ctx.shape) if need_gamma else None,
                     dbeta.reshape(ctx.shape) if need_beta else None, None)
         if kernels.use_cpu_kernels(dy, x_rows, weight, mean, rstd):  # compiled CPU kernel

@@ -31,8 +31,9 @@ class Softmax(Function):
         (y,) = ctx.saved_tensors
         if ctx.dim == y.ndim - 1 and kernels.use_fused(y):
             n = y.shape[-1]
-            dx = kernels.softmax_backward(grad_out.reshape(-1, n), y.reshape(-1, n))
-            return dx.reshape(y.shape), None
+            # dx made in y's shape: its own array, not a view (it may become a leaf's .grad)
+            return kernels.softmax_backward(grad_out.reshape(-1, n), y.reshape(-1, n),
+                                            dx_shape=y.shape), None
         gy = grad_out * y
         return gy - y * gy.sum(axis=ctx.dim, keepdims=True), None
 
