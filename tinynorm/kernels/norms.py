@@ -37,6 +37,12 @@ CODE = COMMON + f"""
 // Unrolled by 4 so that each thread has several independent loads in flight.
 #define FOR_EACH_COLUMN(j) _Pragma("unroll 4") for (int j = threadIdx.x; j < n; j += blockDim.x)
 
+// a·b rounded to T on its own. NVRTC contracts a·b − c into one FMA by default, which keeps
+// the product unrounded: then g − mean(g) with g = dy·γ is not 0 where g is constant along
+// the row (d = 1 gave dx ≈ 1e-6·|g|·r in float32 on an H100, where the maths says 0).
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 template <typename T>
 __global__ void ROW_LAUNCH_BOUNDS
 layer_norm_forward(const T* __restrict__ x, const T* __restrict__ weight,
@@ -73,14 +79,14 @@ layer_norm_backward_input(const T* __restrict__ dy, const T* __restrict__ x,
     const T mu = mean[row], r = rstd[row];
     T sum_g = 0, sum_g_xhat = 0;
     FOR_EACH_COLUMN(j) {
-        const T g = dyr[j] * weight[j];
+        const T g = mul_rn(dyr[j], weight[j]);  // the same rounded g in both loops
         sum_g += g;
         sum_g_xhat += g * ((xr[j] - mu) * r);
     }
     const T mean_g = block_reduce(sum_g, Add(), T(0), scratch) / T(n);
     const T mean_g_xhat = block_reduce(sum_g_xhat, Add(), T(0), scratch) / T(n);
     FOR_EACH_COLUMN(j) {
-        const T g = dyr[j] * weight[j];
+        const T g = mul_rn(dyr[j], weight[j]);
         const T x_hat = (xr[j] - mu) * r;
         dxr[j] = r * (g - mean_g - x_hat * mean_g_xhat);
     }
