@@ -151,9 +151,9 @@ def test_device_of_and_to_numpy():
     assert backend.is_array(a) and backend.is_array(gpu) and not backend.is_array([1.0])
 
 
-def test_erf_and_scatter_add():
+def test_erfc_and_scatter_add():
     x = np.array([-2.0, -0.5, 0.0, 0.3, 3.0])
-    np.testing.assert_allclose(backend.erf(x), [math.erf(v) for v in x], rtol=1e-15)
+    np.testing.assert_allclose(backend.erfc(x), [math.erfc(v) for v in x], rtol=1e-15)
     target = np.zeros(4)
     backend.scatter_add(target, np.array([1, 3, 1, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
     assert target.tolist() == [0.0, 8.0, 0.0, 2.0]

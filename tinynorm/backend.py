@@ -216,15 +216,16 @@ def generator(xp_module):
     return gen
 
 
-def erf(a):
-    """The exact error function on either backend (SciPy on CPU, cupyx on GPU)."""
+def erfc(a):
+    """The complementary error function 1 − erf(a), computed without the subtraction, on
+    either backend (SciPy on CPU, cupyx on GPU)."""
     if _is_cupy(a):
         import cupyx.scipy.special
 
-        return cupyx.scipy.special.erf(a)
+        return cupyx.scipy.special.erfc(a)
     import scipy.special
 
-    return scipy.special.erf(a)
+    return scipy.special.erfc(a)
 
 
 def scatter_add(target, index, values) -> None:

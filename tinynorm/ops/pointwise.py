@@ -144,8 +144,9 @@ _GELU_C = 0.044715
 
 
 def _normal_cdf(x):
-    """Φ(x) = ½ (1 + erf(x/√2))."""
-    return 0.5 * (1.0 + backend.erf(x / _SQRT_2))
+    """Φ(x) = ½ (1 + erf(x/√2)) = ½ erfc(−x/√2): the second form has no 1 + erf, which
+    cancels for x ≪ 0 (in float32, every digit is gone by x ≈ −5, where Φ ≈ 3e-7)."""
+    return 0.5 * backend.erfc(x / -_SQRT_2)
 
 
 def _tanh_u(x):
