@@ -61,3 +61,11 @@ def pytest_collection_modifyitems(config, items):
                                        "is False); install with pip install 'tinynorm[gpu]'")
         for item in gpu_items:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def on_cpu():
+    """New tensors on the CPU for the test, under --backend cupy too: for tests of the
+    compiled CPU kernels and of CPU-only behaviour (threads, memory counts)."""
+    with tn.backend.use("numpy"):
+        yield

@@ -399,3 +399,19 @@ def test_numpy_data_goes_to_the_current_backend_and_gpu_data_stays(emulated_gpu,
     gpu = on_gpu(a)
     assert tn.tensor(gpu).device == "cuda:0" and tn.as_tensor(gpu).data is gpu
     assert tn.tensor(a).device == "cpu" and tn.tensor(gpu, device="cpu").device == "cpu"
+
+
+def test_backward_reads_data_onto_the_device_but_a_tensor_must_be_there(emulated_gpu):
+    """A NumPy array or a list as backward's gradient is data, read onto the output's device
+    (as tn.tensor would); a Tensor on another device is an error naming both."""
+    x = tn.tensor([1.0, 2.0], device="cuda", requires_grad=True)
+    for gradient in (np.array([3.0, -1.0]), [3.0, -1.0]):
+        x.grad = None
+        (x * x).backward(gradient)
+        assert x.grad.__class__.__module__.startswith("cupy")
+        assert np.asarray(x.grad).tolist() == [6.0, -4.0]
+    with pytest.raises(TypeError, match=r"backward: inputs live on different devices: one on cpu"):
+        (x * x).backward(tn.tensor([3.0, -1.0], device="cpu"))
+    cpu = tn.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(TypeError, match=r"backward: inputs live on different devices"):
+        (cpu * cpu).backward(on_gpu(np.array([3.0, -1.0])))

@@ -19,6 +19,9 @@ from tinynorm.ops import _rows
 from tinynorm.testing.compare import to_host as host
 from torch_pairs import needs_numba
 
+# the compiled CPU kernels and the CPU reference path: tensors on the CPU under --backend cupy too
+pytestmark = pytest.mark.usefixtures("on_cpu")
+
 OPS = ["layer_norm", "rms_norm"]
 KERNELS = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 

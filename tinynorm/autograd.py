@@ -254,9 +254,13 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
             )
         gradient = backend.array_module(tensor.data).ones_like(tensor.data)
     else:
-        gradient = gradient.data if isinstance(gradient, Tensor) else gradient
-        xp = backend.array_module(tensor.data, gradient, op="backward")
-        gradient = xp.asarray(gradient, dtype=tensor.dtype)
+        given = gradient.data if isinstance(gradient, Tensor) else gradient
+        if isinstance(gradient, Tensor) or backend.device_of(given) != "cpu":
+            # a tensor (or a GPU array) must be on the tensor's device already
+            xp = backend.array_module(tensor.data, given, op="backward")
+        else:  # data (a NumPy array, a list, a number) is read onto it, as tn.tensor does
+            xp = backend.array_module(tensor.data)
+        gradient = xp.asarray(given, dtype=tensor.dtype)
         if gradient.shape != tensor.shape:
             raise RuntimeError(
                 f"backward: gradient has shape {gradient.shape} but the tensor has shape {tensor.shape}"

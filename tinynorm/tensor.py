@@ -142,7 +142,11 @@ class Tensor:
 
     # ---- autograd -----------------------------------------------------------------------
     def backward(self, gradient=None, retain_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) · gradient into every leaf's ``.grad``."""
+        """Accumulate d(self)/d(leaf) · gradient into every leaf's ``.grad``.
+
+        ``gradient`` (needed unless self has one element): a Tensor on self's device, or
+        data (a NumPy array, a list), which is read onto self's device and dtype as
+        ``tn.tensor`` would. PyTorch takes a Tensor only."""
         from .autograd import backward
 
         backward(self, gradient, retain_graph)
