@@ -260,12 +260,12 @@ def test_row_blocks_without_causal_mask_match_torch(recompute, units):
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
-def test_heads_on_threads_give_the_same_bits(is_causal):
+def test_heads_on_threads_give_the_same_bits(is_causal, on_cpu):
     """Heads are shared out over the thread pool in units of several heads, cut by the
     thread count (on one thread as many as fit a tile: all 12 causal, 6 without the mask;
     on two, 4 units of 3); each unit writes only its own heads, and a unit's row blocks do
     not depend on how many heads it stacks, so one thread and two give identical outputs
-    and gradients (dropout included)."""
+    and gradients (dropout included). On the CPU: the threads are the CPU path's."""
     arrays = [rng.standard_normal(s).astype(np.float32) for s in
               [(2, 6, 200, 16), (2, 6, 150, 16), (2, 6, 150, 16)]]
     grad = rng.standard_normal((2, 6, 200, 16)).astype(np.float32)
@@ -284,9 +284,10 @@ def test_heads_on_threads_give_the_same_bits(is_causal):
         np.testing.assert_array_equal(a, b)
 
 
-def test_no_grad_forward_never_holds_the_whole_p():
+def test_no_grad_forward_never_holds_the_whole_p(on_cpu):
     """Under no_grad P is made a block at a time: the peak of new memory stays far below the
-    (heads, L, S) array that recording the graph keeps for backward."""
+    (heads, L, S) array that recording the graph keeps for backward. On the CPU:
+    tracemalloc counts host memory only."""
     import tracemalloc
     q = tn.tensor(rng.standard_normal((2, 512, 8)))
     p_bytes = 2 * 512 * 512 * 8
@@ -455,10 +456,11 @@ def test_units_of_work_follow_the_size_of_the_heads():
         assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
 
 
-def test_thread_counts_give_the_same_bits_with_a_broadcast_key():
+def test_thread_counts_give_the_same_bits_with_a_broadcast_key(on_cpu):
     """One, two and three threads, a key broadcast over the batch, no mask, float32: the
     same bits (every path holds BLAS to one thread, the one-thread path included, where
-    OpenBLAS threading the per-unit products itself gave other bits)."""
+    OpenBLAS threading the per-unit products itself gave other bits). On the CPU: the
+    threads and BLAS are the CPU path's."""
     q, v, g = (rng.standard_normal((5, 600, 4)).astype(np.float32) for _ in range(3))
     k = rng.standard_normal((1, 600, 4)).astype(np.float32)
     results = []

@@ -135,9 +135,9 @@ def test_mixing_devices_names_the_op_and_both_devices():
 
     # every op checks its inputs the same way, before its forward runs
     with pytest.raises(TypeError, match=r"^Add: .*cpu.*cuda:0"):
-        tn.tensor(np.ones(2)) + tn.Tensor(FakeCupyArray(np.ones(2)))
+        tn.tensor(np.ones(2), device="cpu") + tn.Tensor(FakeCupyArray(np.ones(2)))
     with pytest.raises(TypeError, match=r"^MatMul: .*cpu.*cuda:0"):
-        tn.Tensor(FakeCupyArray(np.ones((2, 2)))) @ tn.tensor(np.ones((2, 2)))
+        tn.Tensor(FakeCupyArray(np.ones((2, 2)))) @ tn.tensor(np.ones((2, 2)), device="cpu")
 
 
 def test_device_of_and_to_numpy():
