@@ -148,6 +148,15 @@ def rows_of(op: str, x) -> tuple[int, int]:
     return x.shape
 
 
+def fresh_dx(xp, x, dx_shape):
+    """A backward kernel's dx, made in ``dx_shape`` (rows·n elements; None: x's (rows, n)),
+    and the (rows, n) view of it that the kernel writes. The op passes grad_out's own shape,
+    so that dx is an array of its own, not a view: autograd then hands it to a leaf as its
+    .grad as it is, where a view would be copied first (one more pass over memory)."""
+    dx = xp.empty(x.shape if dx_shape is None else dx_shape, dtype=x.dtype)
+    return dx, dx.reshape(x.shape)
+
+
 def like(op: str, what: str, a, x, shape) -> object:
     """``a`` checked to have ``x``'s dtype and device and ``shape`` elements, as a contiguous
     array of that shape."""

@@ -26,8 +26,8 @@ as None.
 from __future__ import annotations
 
 from .. import backend
-from ._cuda import (COMMON, PARTIAL_STRANDS, PARTIAL_TILE, Source, function, like,
-                    param_grad_chunks, row_threads, rows_of)
+from ._cuda import (COMMON, PARTIAL_STRANDS, PARTIAL_TILE, Source, fresh_dx, function,
+                    like, param_grad_chunks, row_threads, rows_of)
 
 CODE = COMMON + f"""
 #define PARTIAL_TILE {PARTIAL_TILE}
@@ -257,20 +257,11 @@ def layer_norm_forward(x, weight, bias, eps):
     return y, mean, rstd
 
 
-def _fresh_dx(xp, x, dx_shape):
-    """dx, made in ``dx_shape`` (rows·n elements; None: x's (rows, n)), and the (rows, n)
-    view of it that the kernel writes. The op passes grad_out's own shape, so that dx is an
-    array of its own, not a view: autograd then hands it to a leaf as its .grad as it is,
-    where a view would be copied first (one more pass over memory)."""
-    dx = xp.empty(x.shape if dx_shape is None else dx_shape, dtype=x.dtype)
-    return dx, dx.reshape(x.shape)
-
-
 def layer_norm_backward(grad_out, x, weight, mean, rstd, need_param_grads=True, dx_shape=None):
     """dx, dγ, dβ of LayerNorm from ``grad_out`` (rows, n), the input ``x`` and the saved
     ``mean`` and ``rstd`` (any shape of rows elements). dγ is None when ``weight`` is None;
     both are None when ``need_param_grads`` is False (the partial-sum kernels are skipped).
-    dx has the shape ``dx_shape`` (see ``_fresh_dx``)."""
+    dx has the shape ``dx_shape`` (see ``_cuda.fresh_dx``)."""
     rows, n = rows_of("layer_norm backward", x)
     xp = backend.array_module(grad_out, x, weight, mean, rstd, op="layer_norm backward (fused)")
     op = "layer_norm backward"
@@ -279,7 +270,7 @@ def layer_norm_backward(grad_out, x, weight, mean, rstd, need_param_grads=True, 
     mean = like(op, "mean", mean, x, (rows,))
     rstd = like(op, "rstd", rstd, x, (rows,))
     gamma = _affine(op, "weight", weight, x, n, 1)
-    dx, dx_rows = _fresh_dx(xp, x, dx_shape)
+    dx, dx_rows = fresh_dx(xp, x, dx_shape)
     _launch(xp, "layer_norm_backward_input", x.dtype, (rows,), (row_threads(n),),
             (dy, x, gamma, mean, rstd, xp.int32(n), dx_rows))
     if not need_param_grads:
@@ -307,7 +298,7 @@ def rms_norm_forward(x, weight, eps):
 def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True, dx_shape=None):
     """dx and dγ of RMSNorm from ``grad_out`` (rows, n), the input ``x`` and the saved
     ``rstd``. dγ is None when ``weight`` is None or ``need_param_grads`` is False. dx has
-    the shape ``dx_shape`` (see ``_fresh_dx``)."""
+    the shape ``dx_shape`` (see ``_cuda.fresh_dx``)."""
     rows, n = rows_of("rms_norm backward", x)
     xp = backend.array_module(grad_out, x, weight, rstd, op="rms_norm backward (fused)")
     op = "rms_norm backward"
@@ -315,7 +306,7 @@ def rms_norm_backward(grad_out, x, weight, rstd, need_param_grads=True, dx_shape
     x = xp.ascontiguousarray(x)
     rstd = like(op, "rstd", rstd, x, (rows,))
     gamma = _affine(op, "weight", weight, x, n, 1)
-    dx, dx_rows = _fresh_dx(xp, x, dx_shape)
+    dx, dx_rows = fresh_dx(xp, x, dx_shape)
     _launch(xp, "rms_norm_backward_input", x.dtype, (rows,), (row_threads(n),),
             (dy, x, gamma, rstd, xp.int32(n), dx_rows))
     if weight is None or not need_param_grads:

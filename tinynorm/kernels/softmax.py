@@ -13,7 +13,7 @@ read again from cache instead of written and read back.
 from __future__ import annotations
 
 from .. import backend
-from ._cuda import COMMON, Source, function, like, row_threads, rows_of
+from ._cuda import COMMON, Source, fresh_dx, function, like, row_threads, rows_of
 
 CODE = COMMON + r"""
 // Unrolled by 4 so that each thread has several independent loads in flight.
@@ -67,12 +67,12 @@ def softmax_forward(x):
 
 def softmax_backward(grad_out, y, dx_shape=None):
     """dx of softmax from ``grad_out`` and the saved output ``y``, both (rows, n); dx has
-    the shape ``dx_shape`` (rows·n elements; None: (rows, n)), as norms' ``_fresh_dx``."""
+    the shape ``dx_shape`` (see ``_cuda.fresh_dx``)."""
     rows, n = rows_of("softmax backward", y)
     xp = backend.array_module(grad_out, y, op="softmax backward (fused)")
     dy = like("softmax backward", "grad_out", grad_out, y, (rows, n))
     y = xp.ascontiguousarray(y)
-    dx = xp.empty(y.shape if dx_shape is None else dx_shape, dtype=y.dtype)
+    dx, dx_rows = fresh_dx(xp, y, dx_shape)
     function(xp, SOURCE, "softmax_backward", y.dtype)((rows,), (row_threads(n),),
-                                                      (dy, y, xp.int32(n), dx.reshape(y.shape)))
+                                                      (dy, y, xp.int32(n), dx_rows))
     return dx
