@@ -450,9 +450,11 @@ def test_units_of_work_follow_the_size_of_the_heads():
             [(i, slice(j, j + 1)) for i in range(2) for j in range(12)], 1)
         # small: every head in one call, on the calling thread
         assert attention_ops._units((8, 4), 24, 24, False, True) == ([()], 32)
+        # work enough for two threads: at least two units per thread, even slices
         assert attention_ops._units((2, 6), 150, 200, False, True) == (
             [(i, slice(j, j + 3)) for i in range(2) for j in (0, 3)], 3)
         assert attention_ops._units((), 10, 10, True, True) == ([()], 1)
+        # the GPU: one unit, every head in each launch
         assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
 
 

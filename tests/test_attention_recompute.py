@@ -104,5 +104,5 @@ def test_weights_output_keeps_p_on_long_sequences():
     long the sequence: the caller holds it anyway."""
     length = source = 40
     (q, _), (k, _), (v, _) = attention_leaves(length, source, 4, 4)
-    out, weights = attention_with_weights(q, k, v)
+    out, _ = attention_with_weights(q, k, v)
     assert saved_kind(out, length, source) == "P"

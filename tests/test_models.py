@@ -164,6 +164,8 @@ def test_seed_classes_with_need_weights_false_compute_the_same_function():
     y.backward(upstream)
     y_ref.backward(upstream)
     assert_close(x.grad.numpy(), x_ref.grad.numpy(), rtol=TOL, atol=TOL)
+    for p, p_ref in zip(model.parameters(), ref.parameters(), strict=True):
+        assert_close(p.grad.numpy(), p_ref.grad.numpy(), rtol=TOL, atol=TOL)
 
 
 # ---- dropout in training mode -----------------------------------------------------------------
