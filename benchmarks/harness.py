@@ -7,26 +7,29 @@ reported, and ratios are taken against the named baseline (PyTorch CPU).
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 
 
-def interleaved(contenders: dict, repeat: int = 15, warmup: int = 2) -> dict:
+def interleaved(contenders: dict, repeat: int = 15, warmup: int = 2, seed: int = 0) -> dict:
     """Median seconds per call of each ``name -> zero-argument callable``, interleaved.
 
-    Each repetition starts one contender later in the list, as ``demos/norm_speed`` does:
-    a call right after another framework's can find the memory it is about to use handed
-    back to the system by that framework's frees, and pay a page fault per fresh page (seen
-    here: tinynorm block steps run after PyTorch's took about 2,000 more faults each).
-    Rotating the order spreads that place over every contender alike.
+    Each repetition runs the contenders in a fresh random order (seeded, so a run can be
+    repeated): a call right after another framework's can find the memory it is about to
+    use handed back to the system by that framework's frees, and pay a page fault per fresh
+    page (seen here: tinynorm block steps run after PyTorch's took about 2,000 more faults
+    each). In a fixed order, or a rotation of it, every contender would keep the same
+    predecessor in every repetition, and that cost would fall on some contenders only.
     """
     for _ in range(warmup):
         for fn in contenders.values():
             fn()
     times = {name: [] for name in contenders}
-    names = list(contenders)
-    for rep in range(repeat):
-        for name in names[rep % len(names):] + names[:rep % len(names)]:
+    names, order = list(contenders), random.Random(seed)
+    for _ in range(repeat):
+        order.shuffle(names)
+        for name in names:
             fn = contenders[name]
             gc.collect()
             t0 = time.perf_counter()

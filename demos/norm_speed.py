@@ -13,6 +13,7 @@ the median reported, so a slow moment of the machine falls on every contender al
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 
@@ -105,20 +106,22 @@ def torch_contenders(shape, device: str):
     return found
 
 
-def interleaved(contenders: dict, repeat: int, sync) -> dict:
+def interleaved(contenders: dict, repeat: int, sync, seed: int = 0) -> dict:
     """Median seconds of each callable, every repetition running each contender once.
 
-    Each repetition starts one contender later in the list: the first call after the
-    previous contender's frees pays for the memory the allocator handed back to the system
-    (page faults on tens of MB; up to 3x this call's time on the CPU), so no contender takes
-    that place more than once in ``repeat`` <= len(contenders) repetitions."""
+    Each repetition runs the contenders in a fresh random order (seeded): a call right
+    after another contender's frees can pay for the memory the allocator handed back to the
+    system (page faults on tens of MB; up to 3x this call's time on the CPU). In a fixed
+    order, or a rotation of it, each contender would follow the same one every time, and that
+    cost would fall on some contenders only."""
     for fn in contenders.values():  # warm-up: allocations, kernel compilation
         fn()
     sync()
     times = {key: [] for key in contenders}
-    keys = list(contenders)
-    for rep in C.progress(range(repeat), desc="timing"):
-        for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+    keys, order = list(contenders), random.Random(seed)
+    for _ in C.progress(range(repeat), desc="timing"):
+        order.shuffle(keys)
+        for key in keys:
             fn = contenders[key]
             sync()
             t0 = time.perf_counter()
@@ -148,7 +151,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         if has_torch:
             contenders.update(torch_contenders(shape, torch_device))
         seconds = interleaved(contenders, repeat,
-                              synchronizer(backend, has_torch and torch_device == "cuda"))
+                              synchronizer(backend, has_torch and torch_device == "cuda"), seed)
 
     libraries = list(dict.fromkeys(lib for lib, _, _ in seconds))
     rows, speedups = [], {}
