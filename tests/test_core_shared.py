@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import numpy as np
 import pytest
@@ -364,6 +365,71 @@ def test_grad_mode_and_anomaly_are_independent_flags():
     y = MakesNaN.apply(x)  # no check outside the block: nan flows freely
     with tn.detect_anomaly(), pytest.raises(RuntimeError, match=r"MakesNaN\.backward produced nan"):
         y.backward(tn.tensor([0.5]))
+
+
+def _in_a_thread(read):
+    """``read()`` called in a new thread, and its result."""
+    found = []
+    worker = threading.Thread(target=lambda: found.append(read()))
+    worker.start()
+    worker.join()
+    return found[0]
+
+
+def test_grad_mode_is_per_thread_and_anomaly_mode_per_process_as_in_pytorch():
+    torch = pytest.importorskip("torch")
+    x = tn.tensor([1.0, 2.0], requires_grad=True)
+    with tn.no_grad(), torch.no_grad():
+        theirs = _in_a_thread(torch.is_grad_enabled)
+        assert theirs is True
+        # another thread's ops record their graph while this one is in no_grad
+        assert _in_a_thread(lambda: (tn.is_grad_enabled(), (x * 2).grad_fn is not None)) == (
+            theirs, True)
+        with tn.enable_grad():
+            with tn.set_grad_enabled(False):  # nor does a thread's switch reach the others
+                assert _in_a_thread(tn.is_grad_enabled) is True
+        assert not tn.is_grad_enabled()
+        (x * 2).sum()
+    with tn.detect_anomaly(), torch.autograd.set_detect_anomaly(True):
+        theirs = _in_a_thread(torch.is_anomaly_enabled)
+        assert theirs is True
+        assert _in_a_thread(_anomaly_on) is theirs
+
+
+@pytest.mark.parametrize("make, inside", [(tn.no_grad, False), (tn.enable_grad, True),
+                                          (lambda: tn.set_grad_enabled(False), False)],
+                         ids=["no_grad", "enable_grad", "set_grad_enabled(False)"])
+def test_one_decorated_grad_mode_in_two_threads_at_once_restores_each_threads_mode(make, inside):
+    """Both threads inside the same decorator instance, then the first leaves while the
+    second is still in: each must get back its own mode (a stack shared by the threads would
+    hand the first the second's saved value)."""
+    both_in, first_out = threading.Barrier(2, timeout=10), threading.Event()
+    seen = {}
+
+    @make()
+    def hold(name):
+        both_in.wait()
+        seen[name + " inside"] = tn.is_grad_enabled()
+        if name == "second":
+            assert first_out.wait(timeout=10)
+
+    before = {"first": not inside, "second": inside}  # each thread's own mode, unlike
+
+    def run(name):
+        tn.set_grad_enabled(before[name])
+        hold(name)
+        seen[name + " after"] = tn.is_grad_enabled()
+        if name == "first":
+            first_out.set()
+
+    workers = [threading.Thread(target=run, args=(name,)) for name in ("first", "second")]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=20)
+    assert seen == {"first inside": inside, "second inside": inside,
+                    "first after": before["first"], "second after": before["second"]}
+    assert tn.is_grad_enabled()
 
 
 @pytest.mark.parametrize("device", [None, "cpu", "cpu:0"])

@@ -27,48 +27,72 @@ adds later contributions into it with ``+=``.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 from . import backend
 from .tensor import Tensor
 
-_grad_enabled = True
-_anomaly = False
+
+# ---- grad mode and anomaly mode ---------------------------------------------------------
+class _GradMode(threading.local):
+    """Whether ops record a graph: one value per thread, as PyTorch's grad mode, so a
+    ``no_grad`` block in one thread leaves another thread's training alone. Every thread
+    starts with recording on (the class attribute)."""
+
+    enabled = True
 
 
-# ---- grad mode ------------------------------------------------------------------------
+class _AnomalyMode:
+    """Whether ops check their outputs for NaN and Inf: one value for the whole process, as
+    PyTorch's anomaly mode (a thread started inside ``detect_anomaly`` checks too)."""
+
+    enabled = False
+
+
+_grad_mode, _anomaly_mode = _GradMode(), _AnomalyMode()
+
+
 def is_grad_enabled() -> bool:
-    return _grad_enabled
+    """True when ops record a graph in this thread."""
+    return _grad_mode.enabled
 
 
 class _FlagMode(contextlib.ContextDecorator):
-    """Sets the module flag named ``_flag`` to ``_mode`` for a block, or for each call of a
+    """Sets the flag ``_state.enabled`` to ``_mode`` for a block, or for each call of a
     decorated function, and gives it back the value it found on exit, exceptions included.
-    The flags are process-wide (one value for all threads), as they always were here.
+
+    The values found are kept on a stack per thread: a decorated function may call itself
+    recursively, and may run in several threads at once.
     """
 
-    _flag: str
+    _state: object
     _mode: bool
 
     def __init__(self):
-        # a stack, not one saved value: a decorated function may call itself recursively
-        self._outer = []
+        self._found = threading.local()
+
+    def _stack(self) -> list:
+        stack = getattr(self._found, "stack", None)
+        if stack is None:
+            stack = self._found.stack = []
+        return stack
 
     def __enter__(self):
-        flags = globals()
-        self._outer.append(flags[self._flag])
-        flags[self._flag] = self._mode
+        self._stack().append(self._state.enabled)
+        self._state.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        globals()[self._flag] = self._outer.pop()
+        self._state.enabled = self._stack().pop()
         return False
 
 
 class no_grad(_FlagMode):
-    """No graph is recorded and nothing is saved for backward inside this block."""
+    """No graph is recorded and nothing is saved for backward inside this block (in this
+    thread)."""
 
-    _flag, _mode = "_grad_enabled", False
+    _state, _mode = _grad_mode, False
 
 
 class enable_grad(no_grad):
@@ -96,9 +120,10 @@ class set_grad_enabled(no_grad):
 
 
 class detect_anomaly(_FlagMode):
-    """Raise as soon as a forward or backward produces NaN or Inf, naming the op."""
+    """Raise as soon as a forward or backward produces NaN or Inf, naming the op (in every
+    thread, as PyTorch's)."""
 
-    _flag, _mode = "_anomaly", True
+    _state, _mode = _anomaly_mode, True
 
 
 def _check_finite(arrays, fn_name: str, where: str) -> None:
@@ -193,13 +218,13 @@ class Function:
         # mixing devices is an error, raised here once for every op
         xp = backend.array_module(*arrays, op=cls.__name__)
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        record = _grad_enabled and any(needs)
+        record = _grad_mode.enabled and any(needs)
         ctx = Context(cls, needs, record)
         out = cls.forward(ctx, *arrays)
         multiple = isinstance(out, tuple)
         # NumPy reductions and ufuncs on 0-d arrays return scalars; a Tensor always holds an array
         outs = tuple(o if backend.is_array(o) else xp.asarray(o) for o in (out if multiple else (out,)))
-        if _anomaly:
+        if _anomaly_mode.enabled:
             _check_finite(outs, cls.__name__, "forward")
         if not record:
             results = tuple(Tensor(o) for o in outs)
@@ -300,7 +325,7 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
                 f"{len(node.edges)}, one per forward argument (None where not needed)"
             )
         grad_ins = tuple(None if g is None else _array(g) for g in grad_ins)
-        if _anomaly:
+        if _anomaly_mode.enabled:
             _check_finite(grad_ins, node.fn.__name__, "backward")
         for target, g in zip(node.edges, grad_ins):
             if target is None or g is None:
