@@ -1,8 +1,9 @@
 """Shared timing method of every benchmark: same process, interleaved, medians and ratios.
 
-Each repetition runs every contender once, in turn, so slow drifts of the machine (another
-process, frequency scaling) fall on all of them alike; the median of the repetitions is
-reported, and ratios are taken against the named baseline (PyTorch CPU).
+Each repetition runs every contender once (in a random order, see ``interleaved``), so slow
+drifts of the machine (another process, frequency scaling) fall on all of them alike; the
+median of the repetitions is reported, and ratios are taken against the named baseline
+(PyTorch CPU).
 """
 from __future__ import annotations
 

@@ -5,8 +5,8 @@
     python benchmarks/norms.py --threads 1  # both libraries on one thread
 
 For x of shape (8192, 768) and (16384, 1024), normalised over the last dim with weight and
-bias (RMSNorm: weight), every contender of one shape runs once per repetition, in turn; the
-table shows medians (ms) and ratios. Rows and targets:
+bias (RMSNorm: weight), every contender of one shape runs once per repetition (in a random
+order); the table shows medians (ms) and ratios. Rows and targets:
 
 * ``forward`` under no_grad (``torch.no_grad`` / ``tn.no_grad``): <= 2x PyTorch;
 * ``fwd+bwd``: forward, then backward with a fixed random upstream gradient:

@@ -8,8 +8,9 @@ The seed times x of shape (100, 2048, 4096) on a GPU; that is the shape with
 
 Beside tinynorm, when PyTorch is installed (on CUDA with --backend cupy, if it has CUDA):
 the seed's own PyTorch classes, composed of separate tensor ops as in the tutorial, and
-PyTorch's built-in F.layer_norm / F.rms_norm. Each call is timed in turn (interleaved) and
-the median reported, so a slow moment of the machine falls on every contender alike.
+PyTorch's built-in F.layer_norm / F.rms_norm. Each call is timed interleaved (every
+repetition runs each contender once, in a random order) and the median reported, so a slow
+moment of the machine falls on every contender alike.
 """
 from __future__ import annotations
 
