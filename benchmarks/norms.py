@@ -3,6 +3,7 @@
     python benchmarks/norms.py              # about a minute on 2 cores
     python benchmarks/norms.py --repeat 5   # quicker, noisier
     python benchmarks/norms.py --threads 1  # both libraries on one thread
+    python benchmarks/norms.py --floor      # the bytes' floor against the kernels alone
 
 For x of shape (8192, 768) and (16384, 1024), normalised over the last dim with weight and
 bias (RMSNorm: weight), every contender of one shape runs once per repetition (in a random
@@ -34,7 +35,10 @@ import torch  # noqa: E402
 
 import tinynorm as tn  # noqa: E402
 from benchmarks.harness import interleaved, ms, table, torch_saved_bytes  # noqa: E402
+from tinynorm.kernels import cpu_norms  # noqa: E402
+from tinynorm.kernels._numba import available  # noqa: E402
 from tinynorm.ops import set_num_threads  # noqa: E402
+from tinynorm.ops._rows import for_each_block, kernel_blocks  # noqa: E402
 
 SHAPES = ((8192, 768), (16384, 1024))
 EPS = 1e-5
@@ -132,15 +136,89 @@ def shape_rows(shape, repeat: int) -> list:
     return found
 
 
+def floor_rows(shape, repeat: int) -> list:
+    """``--floor``: the memory traffic a norm cannot avoid, against the norms' kernels alone.
+
+    Forward reads x and writes y; backward reads x and dy and writes dx. A copy (read one
+    x-sized array, write one) plus an add (read two, write one) moves those bytes, so their
+    sum is the floor of either norm's forward+backward. All outputs are allocated once, so no
+    fresh pages are counted; tinynorm's rows run on its threads, as the ops hand them out.
+    """
+    rows, d = shape
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(d, dtype=np.float32) for _ in range(2))
+    y, dx = np.empty_like(x), np.empty_like(x)
+    mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
+    blocks = kernel_blocks(rows, d)
+    dgamma, dbeta = np.zeros((len(blocks), d)), np.zeros((len(blocks), d))
+    scratch = [np.empty((2, d), np.float32) for _ in blocks]
+    tx, tdy, ty = torch.from_numpy(x), torch.from_numpy(dy), torch.from_numpy(y)
+
+    def on_threads(work):
+        return lambda: for_each_block(blocks, work, rows * d)
+
+    calls = {
+        "copy": on_threads(lambda k, part: np.copyto(y[part], x[part])),
+        "add": on_threads(lambda k, part: np.add(x[part], dy[part], out=y[part])),
+        "torch copy": lambda: ty.copy_(tx),
+        "torch add": lambda: torch.add(tx, tdy, out=ty),
+    }
+    if available():
+        calls.update({
+            "LN fwd+bwd": lambda: (
+                on_threads(lambda k, p: cpu_norms.layer_norm_forward(
+                    x, w, b, EPS, p.start, p.stop, y, mean, rstd))(),
+                on_threads(lambda k, p: cpu_norms.layer_norm_backward(
+                    dy, x, w, mean, rstd, p.start, p.stop, dx, dgamma[k], dbeta[k],
+                    scratch[k], True, True))()),
+            "RMS fwd+bwd": lambda: (
+                on_threads(lambda k, p: cpu_norms.rms_norm_forward(
+                    x, w, EPS, p.start, p.stop, y, rstd))(),
+                on_threads(lambda k, p: cpu_norms.rms_norm_backward(
+                    dy, x, w, rstd, p.start, p.stop, dx, dgamma[k], scratch[k][:1],
+                    True, True))()),
+        })
+    t = interleaved(calls, repeat=repeat)
+    floor, torch_floor = t["copy"] + t["add"], t["torch copy"] + t["torch add"]
+    name = f"{rows}x{d}"
+    found = [
+        {"shape": name, "case": "copy x (read 1, write 1)", "ms": ms(t["copy"]),
+         "torch ms": ms(t["torch copy"])},
+        {"shape": name, "case": "add (read 2, write 1)", "ms": ms(t["add"]),
+         "torch ms": ms(t["torch add"])},
+        {"shape": name, "case": "floor of a norm's fwd+bwd: copy + add", "ms": ms(floor),
+         "torch ms": ms(torch_floor)},
+    ]
+    if available():
+        for case, key in (("LayerNorm kernels fwd+bwd", "LN fwd+bwd"),
+                          ("RMSNorm kernels fwd+bwd", "RMS fwd+bwd")):
+            found.append({"shape": name, "case": case, "ms": ms(t[key]),
+                          "/ floor": round(t[key] / floor, 2)})
+        found.append({"shape": name, "case": "RMSNorm / LayerNorm kernels",
+                      "ms": round(t["RMS fwd+bwd"] / t["LN fwd+bwd"], 2)})
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=15, help="interleaved repetitions")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for both libraries (default: each library's default)")
+    parser.add_argument("--floor", action="store_true",
+                        help="instead of the table: the bytes' floor (a copy and an add of "
+                             "x-sized arrays) against the norms' compiled kernels alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
         set_num_threads(args.threads)
+    if args.floor:
+        print(f"float32, outputs allocated once; threads: tinynorm {tn.ops.get_num_threads()}, "
+              f"torch {torch.get_num_threads()}; medians of {args.repeat} interleaved "
+              f"repetitions; / floor = kernels' time / (copy + add)")
+        rows = [r for shape in SHAPES for r in floor_rows(shape, args.repeat)]
+        print(table(rows, ["shape", "case", "ms", "torch ms", "/ floor"]))
+        return
     print(f"float32; torch {torch.__version__} with {torch.get_num_threads()} threads, tinynorm "
           f"with {tn.ops.get_num_threads()}; medians of {args.repeat} interleaved repetitions; "
           f"ratio = tinynorm / baseline")
