@@ -58,12 +58,18 @@ def tinynorm_saved_bytes(output, exclude) -> int:
     return sum(saved.values())
 
 
+def inputs(shape):
+    """x and the upstream gradient dy of ``shape``, weight and bias: float32, seeded."""
+    rng = np.random.default_rng(0)
+    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(shape[-1], dtype=np.float32) for _ in range(2))
+    return x, dy, w, b
+
+
 def contenders(shape):
     """The eight timed callables of one shape, and the bytes each library saves."""
     rows, d = shape
-    rng = np.random.default_rng(0)
-    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
-    w, b = (rng.standard_normal(d, dtype=np.float32) for _ in range(2))
+    x, dy, w, b = inputs(shape)
 
     tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
     tw, tb = (torch.tensor(a, requires_grad=True) for a in (w, b))
@@ -145,9 +151,7 @@ def floor_rows(shape, repeat: int) -> list:
     fresh pages are counted; tinynorm's rows run on its threads, as the ops hand them out.
     """
     rows, d = shape
-    rng = np.random.default_rng(0)
-    x, dy = (rng.standard_normal(shape, dtype=np.float32) for _ in range(2))
-    w, b = (rng.standard_normal(d, dtype=np.float32) for _ in range(2))
+    x, dy, w, b = inputs(shape)
     y, dx = np.empty_like(x), np.empty_like(x)
     mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
     blocks = kernel_blocks(rows, d)
@@ -165,20 +169,17 @@ def floor_rows(shape, repeat: int) -> list:
         "torch add": lambda: torch.add(tx, tdy, out=ty),
     }
     if available():
-        calls.update({
-            "LN fwd+bwd": lambda: (
-                on_threads(lambda k, p: cpu_norms.layer_norm_forward(
-                    x, w, b, EPS, p.start, p.stop, y, mean, rstd))(),
-                on_threads(lambda k, p: cpu_norms.layer_norm_backward(
-                    dy, x, w, mean, rstd, p.start, p.stop, dx, dgamma[k], dbeta[k],
-                    scratch[k], True, True))()),
-            "RMS fwd+bwd": lambda: (
-                on_threads(lambda k, p: cpu_norms.rms_norm_forward(
-                    x, w, EPS, p.start, p.stop, y, rstd))(),
-                on_threads(lambda k, p: cpu_norms.rms_norm_backward(
-                    dy, x, w, rstd, p.start, p.stop, dx, dgamma[k], scratch[k][:1],
-                    True, True))()),
-        })
+        ln_forward = on_threads(lambda k, p: cpu_norms.layer_norm_forward(
+            x, w, b, EPS, p.start, p.stop, y, mean, rstd))
+        ln_backward = on_threads(lambda k, p: cpu_norms.layer_norm_backward(
+            dy, x, w, mean, rstd, p.start, p.stop, dx, dgamma[k], dbeta[k], scratch[k],
+            True, True))
+        rms_forward = on_threads(lambda k, p: cpu_norms.rms_norm_forward(
+            x, w, EPS, p.start, p.stop, y, rstd))
+        rms_backward = on_threads(lambda k, p: cpu_norms.rms_norm_backward(
+            dy, x, w, rstd, p.start, p.stop, dx, dgamma[k], scratch[k][:1], True, True))
+        calls["LN fwd+bwd"] = lambda: (ln_forward(), ln_backward())
+        calls["RMS fwd+bwd"] = lambda: (rms_forward(), rms_backward())
     t = interleaved(calls, repeat=repeat)
     floor, torch_floor = t["copy"] + t["add"], t["torch copy"] + t["torch add"]
     name = f"{rows}x{d}"

@@ -299,7 +299,7 @@ def mode(request):
 
 def test_mode_as_a_context_manager_restores_the_flag_also_after_an_exception(mode):
     make, read, inside, outside = mode
-    with make() as block:
+    with make():
         assert read() is inside
     assert read() is outside
     with pytest.raises(KeyError):
@@ -413,7 +413,9 @@ def test_one_decorated_grad_mode_in_two_threads_at_once_restores_each_threads_mo
         if name == "second":
             assert first_out.wait(timeout=10)
 
-    before = {"first": not inside, "second": inside}  # each thread's own mode, unlike
+    # each thread's own mode before the call, and the two differ: a stack shared by the
+    # threads would give one thread the other's
+    before = {"first": not inside, "second": inside}
 
     def run(name):
         tn.set_grad_enabled(before[name])

@@ -70,22 +70,24 @@ class _FlagMode(contextlib.ContextDecorator):
     _mode: bool
 
     def __init__(self):
-        self._found = threading.local()
-
-    def _stack(self) -> list:
-        stack = getattr(self._found, "stack", None)
-        if stack is None:
-            stack = self._found.stack = []
-        return stack
+        self._found = _Found()
 
     def __enter__(self):
-        self._stack().append(self._state.enabled)
+        self._found.stack.append(self._state.enabled)
         self._state.enabled = self._mode
         return self
 
     def __exit__(self, *exc):
-        self._state.enabled = self._stack().pop()
+        self._state.enabled = self._found.stack.pop()
         return False
+
+
+class _Found(threading.local):
+    """A stack of found values per thread (``threading.local`` runs ``__init__`` again in
+    each thread that first touches it)."""
+
+    def __init__(self):
+        self.stack = []
 
 
 class no_grad(_FlagMode):

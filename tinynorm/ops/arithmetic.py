@@ -11,8 +11,12 @@ from ..tensor import Tensor
 from ._adjoint import broadcast_shape, operand_shape, unbroadcast
 
 
-def _check(op, a, b):
-    broadcast_shape(op, operand_shape(a), operand_shape(b))
+def _shapes(op, a, b) -> tuple:
+    """The operands' shapes, for backward's ``unbroadcast``, after checking that they
+    broadcast (an error naming ``op`` and both shapes if not)."""
+    shapes = (operand_shape(a), operand_shape(b))
+    broadcast_shape(op, *shapes)
+    return shapes
 
 
 class Add(Function):
@@ -20,8 +24,7 @@ class Add(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        _check("add", a, b)
-        ctx.shapes = (operand_shape(a), operand_shape(b))
+        ctx.shapes = _shapes("add", a, b)
         return a + b
 
     @staticmethod
@@ -37,8 +40,7 @@ class Sub(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        _check("sub", a, b)
-        ctx.shapes = (operand_shape(a), operand_shape(b))
+        ctx.shapes = _shapes("sub", a, b)
         return a - b
 
     @staticmethod
@@ -54,11 +56,10 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        _check("mul", a, b)
+        ctx.shapes = _shapes("mul", a, b)
         # each gradient needs only the *other* factor
         ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
                               a if ctx.needs_input_grad[1] else None)
-        ctx.shapes = (operand_shape(a), operand_shape(b))
         return a * b
 
     @staticmethod
@@ -75,10 +76,9 @@ class Div(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        _check("div", a, b)
+        ctx.shapes = _shapes("div", a, b)
         y = a / b
         ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
-        ctx.shapes = (operand_shape(a), operand_shape(b))
         return y
 
     @staticmethod
