@@ -211,6 +211,26 @@ def test_embedding_gradcheck(rows, dim, idx, data):
     gradcheck(lambda w: F.embedding(indices, w), (tn.tensor(weight, requires_grad=True),))
 
 
+def test_embedding_gradient_has_the_same_bits_on_every_run():
+    """Thousands of lookups of a few rows, in float32, where the order of a sum shows in its
+    last bits: two backward passes give identical gradients. On a GPU this is what the sorted
+    scatter (backend.sorted_scatter_add) is for; CuPy's atomic scatter failed it."""
+    rng = np.random.default_rng(8)
+    idx = tn.tensor(rng.integers(0, 5, 20000))
+    upstream = tn.tensor(rng.standard_normal((20000, 64)).astype(np.float32))
+    table = rng.standard_normal((5, 64)).astype(np.float32)
+    grads = []
+    for _ in range(2):
+        weight = tn.tensor(table, requires_grad=True)
+        F.embedding(idx, weight).backward(upstream)
+        grads.append(host(weight.grad))
+    np.testing.assert_array_equal(grads[0].view(np.uint32), grads[1].view(np.uint32))
+    expected = np.zeros((5, 64))
+    np.add.at(expected, host(idx.data), host(upstream.data).astype(np.float64))
+    # about 4000 float32 terms a row, sums of size ~60: float32 rounding stays far inside
+    np.testing.assert_allclose(grads[0], expected, rtol=1e-4, atol=1e-3)
+
+
 def test_embedding_module_init_and_padding_like_torch():
     tn.manual_seed(0)
     layer = tn.nn.Embedding(400, 50, padding_idx=3)

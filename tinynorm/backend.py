@@ -229,13 +229,62 @@ def erfc(a):
 
 
 def scatter_add(target, index, values) -> None:
-    """``target[index] += values`` with repeated indices accumulated (np.add.at)."""
-    if _is_cupy(target):
-        import cupyx
+    """``target[index] += values`` with repeated indices accumulated, in the same order on
+    every run: ``numpy.add.at`` on the CPU, ``sorted_scatter_add`` on a GPU.
 
-        cupyx.scatter_add(target, index, values)
+    CuPy's own ``cupyx.scatter_add`` (and ``cupy.add.at``) accumulate with atomic adds, in
+    whatever order the threads arrive: an embedding's gradient then changed in its last bits
+    from one run to the next, and training resumed from a checkpoint left the uninterrupted
+    run's trajectory (seen on an H100)."""
+    if _is_cupy(target):
+        sorted_scatter_add(target, index, values)
     else:
         numpy.add.at(target, index, values)
+
+
+def sorted_scatter_add(target, index, values) -> None:
+    """``target[index] += values`` without atomics, for any array module (the tests run it on
+    NumPy too); ``index`` is anything ``target[index]`` accepts, ``values`` broadcasts to it.
+
+    Each element of ``target[index]`` is a position p of ``target`` (taken from
+    ``arange(target.size).reshape(target.shape)[index]``; for an index of the first axis alone,
+    a row). The contributions are sorted by position, stably, so the equal positions form runs
+    in index order. A run of length m is summed as a pairwise tree in ceil(log2 m) rounds:
+    round k adds the element 2^k further along the run into each element whose rank in the
+    run is a multiple of 2^(k+1). No position is written twice in a round, so the result does
+    not depend on timing; each run's sum is then added to its position once."""
+    xp = array_module(target, values, op="scatter_add")
+    work = target if target.flags.c_contiguous else xp.ascontiguousarray(target)
+    if is_array(index) and index.dtype.kind in "iu" and index.ndim == 1 and target.ndim:
+        # the embedding's case, whole rows: a position is a row number
+        positions = xp.arange(target.shape[0])[index]  # negatives counted from the end
+        flat = work.reshape(target.shape[0], -1)
+        selected = (index.size,) + target.shape[1:]
+    else:
+        positions = xp.arange(target.size).reshape(target.shape)[index]
+        flat = work.reshape(-1, 1)
+        selected = positions.shape
+    if positions.size == 0:
+        return
+    contributions = xp.broadcast_to(values, selected).reshape(positions.size, -1)
+    positions = positions.reshape(-1)
+    order = xp.argsort(positions, kind="stable")
+    positions, sums = positions[order], contributions[order]  # sums: a copy, summed in place
+    first = xp.empty(positions.size, dtype=bool)
+    first[0] = True
+    xp.not_equal(positions[1:], positions[:-1], out=first[1:])
+    starts = xp.flatnonzero(first)
+    run = xp.cumsum(first) - 1  # run number of each element
+    rank = xp.arange(positions.size) - starts[run]
+    length = xp.diff(xp.append(starts, positions.size))[run]
+    step, longest = 1, int(length.max())
+    while step < longest:
+        into = xp.flatnonzero((rank % (2 * step) == 0) & (rank + step < length))
+        sums[into] += sums[into + step]
+        step *= 2
+    flat[positions[starts]] += sums[starts]
+    if work is not target:
+        target[...] = work
 
 
 # ---- NumPy's BLAS threads ------------------------------------------------------------------
