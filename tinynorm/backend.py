@@ -235,7 +235,10 @@ def scatter_add(target, index, values) -> None:
     CuPy's own ``cupyx.scatter_add`` (and ``cupy.add.at``) accumulate with atomic adds, in
     whatever order the threads arrive: an embedding's gradient then changed in its last bits
     from one run to the next, and training resumed from a checkpoint left the uninterrupted
-    run's trajectory (seen on an H100)."""
+    run's trajectory (seen on an H100). The price, measured there: GPT-2's token embedding
+    (8192 lookups into 50257 × 768, float32) takes 2.0 ms against the atomic 0.16 ms, and
+    16384 lookups into 65 × 384 take 3.2 ms against 0.10; a fixed cost of about 2 ms (the
+    sort and some twenty array operations), small beside a step of a model that size."""
     if _is_cupy(target):
         sorted_scatter_add(target, index, values)
     else:
@@ -251,8 +254,11 @@ def sorted_scatter_add(target, index, values) -> None:
     a row). The contributions are sorted by position, stably, so the equal positions form runs
     in index order. A run of length m is summed as a pairwise tree in ceil(log2 m) rounds:
     round k adds the element 2^k further along the run into each element whose rank in the
-    run is a multiple of 2^(k+1). No position is written twice in a round, so the result does
-    not depend on timing; each run's sum is then added to its position once."""
+    run is a multiple of 2^(k+1) (whole-array passes: every other element gets + 0, which
+    leaves it as it is but for −0.0, which becomes 0.0). No position is written twice in a
+    round, so the result does not depend on timing; each run's sum is then added to its
+    position once. Rounds that gathered only the pairs' elements were slower on an H100 (each
+    waits for the GPU to count them): 2.6 and 5.3 ms in the two cases of ``scatter_add``."""
     xp = array_module(target, values, op="scatter_add")
     work = target if target.flags.c_contiguous else xp.ascontiguousarray(target)
     if is_array(index) and index.dtype.kind in "iu" and index.ndim == 1 and target.ndim:
@@ -278,9 +284,9 @@ def sorted_scatter_add(target, index, values) -> None:
     rank = xp.arange(positions.size) - starts[run]
     length = xp.diff(xp.append(starts, positions.size))[run]
     step, longest = 1, int(length.max())
-    while step < longest:
-        into = xp.flatnonzero((rank % (2 * step) == 0) & (rank + step < length))
-        sums[into] += sums[into + step]
+    while step < longest:  # a round is three whole-array passes, with no wait for the GPU
+        pairs = (rank[:-step] % (2 * step) == 0) & (rank[:-step] + step < length[:-step])
+        sums[:-step] += xp.where(pairs[:, None], sums[step:], 0)  # elsewhere + 0
         step *= 2
     flat[positions[starts]] += sums[starts]
     if work is not target:
