@@ -12,8 +12,6 @@ import types
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import tinynorm as tn
 from tinynorm import backend
@@ -153,84 +151,9 @@ def test_device_of_and_to_numpy():
     assert backend.is_array(a) and backend.is_array(gpu) and not backend.is_array([1.0])
 
 
-def test_erfc_and_scatter_add():
+def test_erfc():
     x = np.array([-2.0, -0.5, 0.0, 0.3, 3.0])
     np.testing.assert_allclose(backend.erfc(x), [math.erfc(v) for v in x], rtol=1e-15)
-    target = np.zeros(4)
-    backend.scatter_add(target, np.array([1, 3, 1, 1]), np.array([1.0, 2.0, 3.0, 4.0]))
-    assert target.tolist() == [0.0, 8.0, 0.0, 2.0]
-
-
-# ---- scatter_add without atomics ---------------------------------------------------------------
-@st.composite
-def scatter_cases(draw):
-    """A target, an index of one of the three kinds the ops pass (a 1-D index of rows, a tuple
-    of integer arrays, one n-D integer array) with repeats and negatives, and values."""
-    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
-    kind = draw(st.sampled_from(["rows", "tuple", "nd"]))
-    seed = draw(st.integers(0, 2**32 - 1))
-    rng = np.random.default_rng(seed)
-    if kind == "rows":
-        index = rng.integers(-shape[0], shape[0], size=draw(st.integers(0, 30)))
-        selected = index.shape + shape[1:]
-    elif kind == "tuple":
-        count = draw(st.integers(0, 12))
-        index = tuple(rng.integers(0, size, size=count) for size in shape)
-        selected = index[0].shape
-    else:
-        index = rng.integers(0, shape[0], size=(3, 2))
-        selected = (3, 2) + shape[1:]
-    broadcast = draw(st.booleans()) and len(selected) > 1  # values broadcast over the index
-    values = rng.standard_normal(selected[1:] if broadcast else selected)
-    return rng.standard_normal(shape), index, values
-
-
-def on_backend(a):
-    return tuple(on_backend(i) for i in a) if isinstance(a, tuple) else tn.backend.xp().asarray(a)
-
-
-@settings(max_examples=150, deadline=None)
-@given(case=scatter_cases(), fortran=st.booleans())
-def test_sorted_scatter_add_matches_add_at(case, fortran):
-    """Repeated positions accumulate, negatives count from the end, values broadcast, and a
-    target that is not C-contiguous is written in place; within float64 rounding of np.add.at
-    (the order of the sum differs)."""
-    target, index, values = case
-    expected = target.copy()
-    # values broadcast by hand: NumPy 2.4.6's add.at, given values (2,) for an index (3, 2),
-    # added one row of them, or read memory it does not own (1e219 came back)
-    np.add.at(expected, index, np.broadcast_to(values, expected[index].shape))
-    on_device = on_backend(np.asfortranarray(target) if fortran else target)
-    backend.sorted_scatter_add(on_device, on_backend(index), on_backend(values))
-    np.testing.assert_allclose(backend.to_numpy(on_device), expected, rtol=1e-13, atol=1e-13)
-
-
-def test_sorted_scatter_add_sums_each_run_as_a_pairwise_tree():
-    """A run [a, b, c, d, e] is ((a + b) + (c + d)) + e, whatever the order of the GPU's
-    threads. In float64, 1e16 + 1 rounds back to 1e16 (its ulp is 2), so the tree gives
-    (1e16 + 1) + (−1e16 + 1) = 0 where a sum from the left gives 1: the values tell the order."""
-    xp = tn.backend.xp()
-    target = xp.zeros(3)
-    index = xp.asarray([2, 0, 2, 2, 2, 2])
-    values = xp.asarray([1e16, 7.0, 1.0, -1e16, 1.0, 5.0])
-    backend.sorted_scatter_add(target, index, values)
-    assert backend.to_numpy(target).tolist() == [7.0, 0.0, 5.0]
-    left_to_right = np.zeros(3)
-    np.add.at(left_to_right, backend.to_numpy(index), backend.to_numpy(values))
-    assert left_to_right.tolist() == [7.0, 0.0, 6.0]  # so the test above can tell the two apart
-
-
-def test_scatter_add_on_a_gpu_is_the_sorted_one(monkeypatch):
-    """backend.scatter_add sends CuPy arrays to sorted_scatter_add (never to CuPy's atomic
-    scatter) and NumPy arrays to np.add.at."""
-    calls = []
-    monkeypatch.setattr(backend, "sorted_scatter_add", lambda *args: calls.append(args))
-    gpu = FakeCupyArray(np.zeros(3))
-    backend.scatter_add(gpu, np.array([0, 0]), 1.0)
-    assert len(calls) == 1 and calls[0][0] is gpu
-    cpu = np.zeros(3)
-    backend.scatter_add(cpu, np.array([0, 0]), 1.0)
-    assert len(calls) == 1 and cpu.tolist() == [2.0, 0.0, 0.0]
 
 
 def test_generator_is_per_backend_and_reseeded_by_manual_seed():

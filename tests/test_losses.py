@@ -214,7 +214,7 @@ def test_embedding_gradcheck(rows, dim, idx, data):
 def test_embedding_gradient_has_the_same_bits_on_every_run():
     """Thousands of lookups of a few rows, in float32, where the order of a sum shows in its
     last bits: two backward passes give identical gradients. On a GPU this is what the sorted
-    scatter (backend.sorted_scatter_add) is for: CuPy's atomic scatter, rerun on the same
+    scatter (ops._adjoint.sorted_scatter_add) is for: CuPy's atomic scatter, rerun on the same
     lookups on an H100, gave other bits."""
     rng = np.random.default_rng(8)
     idx = tn.tensor(rng.integers(0, 5, 20000))

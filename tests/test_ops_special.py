@@ -2,13 +2,17 @@
 and repeated indices, each stated as a plain assertion."""
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinynorm as tn
+from tinynorm.ops import _adjoint
+from tinynorm.ops._adjoint import scatter_add, sorted_scatter_add
 from tinynorm.testing import gradcheck
 from tinynorm.testing.strategies import arrays, shapes
 from tinynorm.testing.compare import to_host as host
@@ -320,3 +324,82 @@ def test_a_product_of_one_block_runs_on_single_threaded_blas(monkeypatch):
         out = matmul_ops.matmul_by_rows(a, b)
     assert entered and out.shape == (1, 2048)
     np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-3)
+
+
+# ---- repeated indices: scatter_add without atomics ---------------------------------------------------------------
+@st.composite
+def scatter_cases(draw):
+    """A target, an index of one of the three kinds the ops pass (a 1-D index of rows, a tuple
+    of integer arrays, one n-D integer array) with repeats and negatives, and values."""
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
+    kind = draw(st.sampled_from(["rows", "tuple", "nd"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    if kind == "rows":
+        index = rng.integers(-shape[0], shape[0], size=draw(st.integers(0, 30)))
+        selected = index.shape + shape[1:]
+    elif kind == "tuple":
+        count = draw(st.integers(0, 12))
+        index = tuple(rng.integers(0, size, size=count) for size in shape)
+        selected = index[0].shape
+    else:
+        index = rng.integers(0, shape[0], size=(3, 2))
+        selected = (3, 2) + shape[1:]
+    broadcast = draw(st.booleans()) and len(selected) > 1  # values broadcast over the index
+    values = rng.standard_normal(selected[1:] if broadcast else selected)
+    return rng.standard_normal(shape), index, values
+
+
+def on_backend(a):
+    return tuple(on_backend(i) for i in a) if isinstance(a, tuple) else tn.backend.xp().asarray(a)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=scatter_cases(), fortran=st.booleans())
+def test_sorted_scatter_add_matches_add_at(case, fortran):
+    """Repeated positions accumulate, negatives count from the end, values broadcast, and a
+    target that is not C-contiguous is written in place; within float64 rounding of np.add.at
+    (the order of the sum differs)."""
+    target, index, values = case
+    expected = target.copy()
+    # values broadcast by hand: NumPy 2.4.6's add.at, given values (2,) for an index (3, 2),
+    # added one row of them, or read memory it does not own (1e219 came back)
+    np.add.at(expected, index, np.broadcast_to(values, expected[index].shape))
+    on_device = on_backend(np.asfortranarray(target) if fortran else target)
+    sorted_scatter_add(on_device, on_backend(index), on_backend(values))
+    np.testing.assert_allclose(tn.backend.to_numpy(on_device), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_sorted_scatter_add_sums_each_run_as_a_pairwise_tree():
+    """A run [a, b, c, d, e] is ((a + b) + (c + d)) + e, whatever the order of the GPU's
+    threads. In float64, 1e16 + 1 rounds back to 1e16 (its ulp is 2), so the tree gives
+    (1e16 + 1) + (−1e16 + 1) = 0 where a sum from the left gives 1: the values tell the order."""
+    xp = tn.backend.xp()
+    target = xp.zeros(3)
+    index = xp.asarray([2, 0, 2, 2, 2, 2])
+    values = xp.asarray([1e16, 7.0, 1.0, -1e16, 1.0, 5.0])
+    sorted_scatter_add(target, index, values)
+    assert tn.backend.to_numpy(target).tolist() == [7.0, 0.0, 5.0]
+    left_to_right = np.zeros(3)
+    np.add.at(left_to_right, tn.backend.to_numpy(index), tn.backend.to_numpy(values))
+    assert left_to_right.tolist() == [7.0, 0.0, 6.0]  # so the test above can tell the two apart
+
+
+class FakeCupyArray:
+    """Enough of a CuPy array for backend.device_of: a module named cupy.* and .device.id."""
+
+    __module__ = "cupy._core.core"
+    device = types.SimpleNamespace(id=0)
+
+
+def test_scatter_add_on_a_gpu_is_the_sorted_one(monkeypatch):
+    """scatter_add sends CuPy arrays to sorted_scatter_add (never to CuPy's atomic scatter)
+    and NumPy arrays to add.at."""
+    calls = []
+    monkeypatch.setattr(_adjoint, "sorted_scatter_add", lambda *args: calls.append(args))
+    gpu = FakeCupyArray()
+    scatter_add(gpu, np.array([0, 0]), 1.0)
+    assert len(calls) == 1 and calls[0][0] is gpu
+    cpu = np.zeros(3)
+    scatter_add(cpu, np.array([0, 0]), 1.0)
+    assert len(calls) == 1 and cpu.tolist() == [2.0, 0.0, 0.0]

@@ -19,6 +19,73 @@ def unbroadcast(grad, shape):
     return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
 
 
+def scatter_add(target, index, values) -> None:
+    """``target[index] += values`` with repeated indices accumulated: the adjoint of a gather
+    (``y = x[index]``, an embedding's lookup), where a position selected k times receives the
+    sum of its k gradients. In the same order on every run: NumPy's ``add.at`` on the CPU,
+    ``sorted_scatter_add`` on a GPU.
+
+    CuPy's own scatter_add and add.at accumulate with atomic adds, in whatever order the
+    threads arrive: an embedding's gradient then changed in its last bits from one run to the
+    next, and training resumed from a checkpoint left the uninterrupted run's trajectory (seen
+    on an H100). The price, measured there: GPT-2's token embedding
+    (8192 lookups into 50257 × 768, float32) takes 2.0 ms against the atomic 0.16 ms, and
+    16384 lookups into 65 × 384 take 3.2 ms against 0.10; a fixed cost of about 2 ms (the
+    sort and some twenty array operations), small beside a step of a model that size."""
+    if backend.device_of(target) == "cpu":
+        backend.array_module(target).add.at(target, index, values)
+    else:
+        sorted_scatter_add(target, index, values)
+
+
+def sorted_scatter_add(target, index, values) -> None:
+    """``target[index] += values`` without atomics, for any array module (the tests run it on
+    NumPy too); ``index`` is anything ``target[index]`` accepts, ``values`` broadcasts to it.
+
+    Each element of ``target[index]`` is a position p of ``target`` (taken from
+    ``arange(target.size).reshape(target.shape)[index]``; for an index of the first axis alone,
+    a row). The contributions are sorted by position, stably, so the equal positions form runs
+    in index order. A run of length m is summed as a pairwise tree in ceil(log2 m) rounds:
+    round k adds the element 2^k further along the run into each element whose rank in the
+    run is a multiple of 2^(k+1) (whole-array passes: every other element gets + 0, which
+    leaves it as it is but for −0.0, which becomes 0.0). No position is written twice in a
+    round, so the result does not depend on timing; each run's sum is then added to its
+    position once. Rounds that gathered only the pairs' elements were slower on an H100 (each
+    waits for the GPU to count them): 2.6 and 5.3 ms in the two cases of ``scatter_add``."""
+    xp = backend.array_module(target, values, op="scatter_add")
+    work = target if target.flags.c_contiguous else xp.ascontiguousarray(target)
+    if backend.is_array(index) and index.dtype.kind in "iu" and index.ndim == 1 and target.ndim:
+        # the embedding's case, whole rows: a position is a row number
+        positions = xp.arange(target.shape[0])[index]  # negatives counted from the end
+        flat = work.reshape(target.shape[0], -1)
+        selected = (index.size,) + target.shape[1:]
+    else:
+        positions = xp.arange(target.size).reshape(target.shape)[index]
+        flat = work.reshape(-1, 1)
+        selected = positions.shape
+    if positions.size == 0:
+        return
+    contributions = xp.broadcast_to(values, selected).reshape(positions.size, -1)
+    positions = positions.reshape(-1)
+    order = xp.argsort(positions, kind="stable")
+    positions, sums = positions[order], contributions[order]  # sums: a copy, summed in place
+    first = xp.empty(positions.size, dtype=bool)
+    first[0] = True
+    xp.not_equal(positions[1:], positions[:-1], out=first[1:])
+    starts = xp.flatnonzero(first)
+    run = xp.cumsum(first) - 1  # run number of each element
+    rank = xp.arange(positions.size) - starts[run]
+    length = xp.diff(xp.append(starts, positions.size))[run]
+    step, longest = 1, int(length.max())
+    while step < longest:  # a round is three whole-array passes, with no wait for the GPU
+        pairs = (rank[:-step] % (2 * step) == 0) & (rank[:-step] + step < length[:-step])
+        sums[:-step] += xp.where(pairs[:, None], sums[step:], 0)  # elsewhere + 0
+        step *= 2
+    flat[positions[starts]] += sums[starts]
+    if work is not target:
+        target[...] = work
+
+
 def operand_shape(a):
     """An operand's shape: () for a Python number (the binary ops and where take both)."""
     return a.shape if hasattr(a, "shape") else ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import require_float
+from ._adjoint import require_float, scatter_add
 
 
 class Embedding(Function):
@@ -28,7 +28,7 @@ class Embedding(Function):
             dweight[r] = Σ_{i : idx[i] = r} grad_out[i]
 
         An index that occurs k times receives the sum of its k gradients: the scatter
-        must accumulate (``backend.scatter_add``), since ``dweight[idx] = g`` would keep
+        must accumulate (``scatter_add``), since ``dweight[idx] = g`` would keep
         only one of them. dweight[padding_idx] = 0.
         Saves the indices (one integer per lookup); the table itself is not needed.
         """
@@ -36,7 +36,7 @@ class Embedding(Function):
         xp = backend.array_module(grad_out)
         dim = ctx.weight_shape[1]
         dweight = xp.zeros(ctx.weight_shape, dtype=grad_out.dtype)
-        backend.scatter_add(dweight, indices.reshape(-1), grad_out.reshape(-1, dim))
+        scatter_add(dweight, indices.reshape(-1), grad_out.reshape(-1, dim))
         if ctx.padding_idx is not None:
             dweight[ctx.padding_idx] = 0
         return None, dweight, None

@@ -9,7 +9,7 @@ import math
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import normalize_dim, unbroadcast
+from ._adjoint import normalize_dim, scatter_add, unbroadcast
 
 
 def _sizes(shape):
@@ -108,7 +108,7 @@ class GetItem(Function):
         xp = backend.array_module(grad_out)
         dx = xp.zeros(ctx.shape, dtype=ctx.dtype)
         if _repeats_possible(ctx.index):
-            backend.scatter_add(dx, ctx.index, grad_out)
+            scatter_add(dx, ctx.index, grad_out)
         else:
             dx[ctx.index] = grad_out
         return dx, None
