@@ -23,7 +23,9 @@ def scatter_add(target, index, values) -> None:
     """``target[index] += values`` with repeated indices accumulated: the adjoint of a gather
     (``y = x[index]``, an embedding's lookup), where a position selected k times receives the
     sum of its k gradients. In the same order on every run: NumPy's ``add.at`` on the CPU,
-    ``sorted_scatter_add`` on a GPU.
+    ``sorted_scatter_add`` on a GPU. ``values`` has ``target[index]``'s shape (the callers pass
+    grad_out): NumPy 2.4.6's add.at, given values (2,) for an index of shape (3, 2), added
+    them once, not three times.
 
     CuPy's own scatter_add and add.at accumulate with atomic adds, in whatever order the
     threads arrive: an embedding's gradient then changed in its last bits from one run to the
