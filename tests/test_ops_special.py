@@ -329,10 +329,11 @@ def test_a_product_of_one_block_runs_on_single_threaded_blas(monkeypatch):
 # ---- repeated indices: scatter_add without atomics ---------------------------------------------------------------
 @st.composite
 def scatter_cases(draw):
-    """A target, an index of one of the three kinds the ops pass (a 1-D index of rows, a tuple
-    of integer arrays, one n-D integer array) with repeats and negatives, and values."""
+    """A target, an index of one of the kinds getitem and embedding pass (a 1-D index of rows,
+    a tuple of integer arrays, one n-D integer array, an integer array after ``...``) with
+    repeats and negatives, and values."""
     shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=3)))
-    kind = draw(st.sampled_from(["rows", "tuple", "nd"]))
+    kind = draw(st.sampled_from(["rows", "tuple", "nd", "sliced"]))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     if kind == "rows":
@@ -342,16 +343,21 @@ def scatter_cases(draw):
         count = draw(st.integers(0, 12))
         index = tuple(rng.integers(0, size, size=count) for size in shape)
         selected = index[0].shape
-    else:
+    elif kind == "nd":
         index = rng.integers(0, shape[0], size=(3, 2))
         selected = (3, 2) + shape[1:]
+    else:  # x[..., idx]: a slice before the integer array, as getitem passes it
+        index = (Ellipsis, rng.integers(-shape[-1], shape[-1], size=draw(st.integers(0, 9))))
+        selected = shape[:-1] + index[1].shape
     broadcast = draw(st.booleans()) and len(selected) > 1  # values broadcast over the index
     values = rng.standard_normal(selected[1:] if broadcast else selected)
     return rng.standard_normal(shape), index, values
 
 
 def on_backend(a):
-    return tuple(on_backend(i) for i in a) if isinstance(a, tuple) else tn.backend.xp().asarray(a)
+    if isinstance(a, tuple):
+        return tuple(on_backend(i) for i in a)
+    return a if a is Ellipsis else tn.backend.xp().asarray(a)
 
 
 @settings(max_examples=150, deadline=None)
