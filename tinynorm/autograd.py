@@ -58,6 +58,14 @@ def is_grad_enabled() -> bool:
     return _grad_mode.enabled
 
 
+class _Found(threading.local):
+    """A stack of found values per thread (``threading.local`` runs ``__init__`` again in
+    each thread that first touches it)."""
+
+    def __init__(self):
+        self.stack = []
+
+
 class _FlagMode(contextlib.ContextDecorator):
     """Sets the flag ``_state.enabled`` to ``_mode`` for a block, or for each call of a
     decorated function, and gives it back the value it found on exit, exceptions included.
@@ -80,14 +88,6 @@ class _FlagMode(contextlib.ContextDecorator):
     def __exit__(self, *exc):
         self._state.enabled = self._found.stack.pop()
         return False
-
-
-class _Found(threading.local):
-    """A stack of found values per thread (``threading.local`` runs ``__init__`` again in
-    each thread that first touches it)."""
-
-    def __init__(self):
-        self.stack = []
 
 
 class no_grad(_FlagMode):

@@ -88,9 +88,12 @@ def sorted_scatter_add(target, index, values) -> None:
         target[...] = work
 
 
-def operand_shape(a):
-    """An operand's shape: () for a Python number (the binary ops and where take both)."""
-    return a.shape if hasattr(a, "shape") else ()
+def operand_shapes(op: str, *operands) -> tuple:
+    """The operands' shapes (() for a Python number), for backward's ``unbroadcast``, after
+    checking that they broadcast together (a ValueError naming ``op`` and every shape)."""
+    shapes = tuple(a.shape if hasattr(a, "shape") else () for a in operands)
+    broadcast_shape(op, *shapes)
+    return shapes
 
 
 def broadcast_shape(op: str, *shapes):

@@ -8,15 +8,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, operand_shape, unbroadcast
-
-
-def _shapes(op, a, b) -> tuple:
-    """The operands' shapes, for backward's ``unbroadcast``, after checking that they
-    broadcast (an error naming ``op`` and both shapes if not)."""
-    shapes = (operand_shape(a), operand_shape(b))
-    broadcast_shape(op, *shapes)
-    return shapes
+from ._adjoint import operand_shapes, unbroadcast
 
 
 class Add(Function):
@@ -24,7 +16,7 @@ class Add(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = _shapes("add", a, b)
+        ctx.shapes = operand_shapes("add", a, b)
         return a + b
 
     @staticmethod
@@ -40,7 +32,7 @@ class Sub(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = _shapes("sub", a, b)
+        ctx.shapes = operand_shapes("sub", a, b)
         return a - b
 
     @staticmethod
@@ -56,7 +48,7 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = _shapes("mul", a, b)
+        ctx.shapes = operand_shapes("mul", a, b)
         # each gradient needs only the *other* factor
         ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
                               a if ctx.needs_input_grad[1] else None)
@@ -76,7 +68,7 @@ class Div(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.shapes = _shapes("div", a, b)
+        ctx.shapes = operand_shapes("div", a, b)
         y = a / b
         ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
         return y

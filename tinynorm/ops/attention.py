@@ -95,11 +95,10 @@ def _units(batch: tuple, length: int, source: int, is_causal: bool, on_cpu: bool
     on 2 cores). A unit stacks at most as many heads as fit one query block of each
     (``_row_blocks``: BLOCK_ROWS rows when causal, else every row) into TILE_ELEMENTS
     scores, so the row blocks are those of one head: the same products of the same sizes,
-    the same bits, however the heads are cut. With several
-    threads, and scores enough work for two (``for_each_block``'s rule), the heads are cut
-    into at least UNITS_PER_THREAD units per thread, of sizes that differ by at most one
-    head, shared out over the thread pool. On the GPU one unit, ``(...,)``, runs every head
-    in each launch.
+    the same bits, however the heads are cut. With several threads, and scores enough work
+    for two (``for_each_block``'s rule), the heads are cut into at least UNITS_PER_THREAD
+    units per thread, of sizes that differ by at most one head, shared out over the thread
+    pool. On the GPU one unit, ``(...,)``, runs every head in each launch.
     """
     heads = math.prod(batch)
     if not on_cpu:

@@ -113,8 +113,9 @@ class RMSNorm(Function):
         dy = as_rows(grad_out, n)  # read only: grad_out may be shared in the graph
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
-            dx, dgamma = kernels.rms_norm_backward(dy, x_rows, w, rstd, need_param_grads=need_gamma,
-                                                   dx_shape=grad_out.shape)  # not a view
+            dx, dgamma = kernels.rms_norm_backward(
+                dy, x_rows, w, rstd, need_param_grads=need_gamma,
+                dx_shape=grad_out.shape)  # dx its own array, not a view: no copy as a .grad
             return (dx if need_x else None, None,
                     dgamma.reshape(ctx.shape) if need_gamma else None, None)
         if kernels.use_cpu_kernels(dy, x_rows, weight, rstd):  # compiled CPU kernel

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, operand_shape, unbroadcast
+from ._adjoint import broadcast_shape, operand_shapes, unbroadcast
 
 
 class Where(Function):
@@ -15,8 +15,7 @@ class Where(Function):
         if not backend.is_array(cond) or cond.dtype.kind != "b":
             raise TypeError(f"where: condition must be a bool tensor, got "
                             f"{getattr(cond, 'dtype', type(cond).__name__)}")
-        ctx.shapes = (operand_shape(a), operand_shape(b))
-        broadcast_shape("where", cond.shape, *ctx.shapes)
+        ctx.shapes = operand_shapes("where", cond, a, b)[1:]  # all three checked; a's, b's kept
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
         return xp.where(cond, a, b)
