@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import tinynorm as tn
 from tinynorm.nn import functional as F
-from tinynorm.ops import attention as attention_ops
+from tinynorm.ops import _attention_blocks as attention_blocks
 from tinynorm.ops.attention import attention_with_weights
 from tinynorm.testing import assert_close, gradcheck
 from tinynorm.testing.strategies import attention_inputs
@@ -147,7 +147,7 @@ def test_sdpa_causal_three_ways_identical(length, source):
 @pytest.mark.parametrize("length, source", [(300, 300), (300, 200), (200, 300)])
 def test_sdpa_causal_row_blocks_match_torch(length, source):
     """Long causal inputs run in row blocks of BLOCK_ROWS queries that skip unseen keys."""
-    assert length > attention_ops.BLOCK_ROWS
+    assert length > attention_blocks.BLOCK_ROWS
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
                                  [(2, length, 8), (2, source, 8), (2, source, 5)])
     out, weights = attention_with_weights(q, k, v, is_causal=True)
@@ -176,7 +176,7 @@ def test_causal_row_blocks_gradcheck(inputs, recompute, dropout):
         return attention_with_weights(q, k, v, is_causal=True, dropout_p=0.3 if dropout else 0.0)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "BLOCK_ROWS", 2)
+        patch.setattr(attention_blocks, "BLOCK_ROWS", 2)
         assert gradcheck(attend, (q, k, v))
 
 
@@ -196,9 +196,9 @@ def test_row_blocks_without_causal_mask_gradcheck(inputs, recompute, dropout):
                                       dropout_p=0.3 if dropout else 0.0)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "TILE_ELEMENTS", 2 * inputs.k.shape[-2])
+        patch.setattr(attention_blocks, "TILE_ELEMENTS", 2 * inputs.k.shape[-2])
         assert gradcheck(attend, (q, k, v, mask))
-        patch.setattr(attention_ops, "_units", units_of("head"))
+        patch.setattr(attention_blocks, "units", units_of("head"))
         assert gradcheck(attend, (q, k, v, mask))
 
 
@@ -234,7 +234,7 @@ def test_dropout_with_p_kept_for_backward_gradcheck(inputs):
 
 
 def units_of(kind):
-    """A stand-in for attention's ``_units`` that cuts the heads one way: a unit per head,
+    """A stand-in for attention's ``units`` that cuts the heads one way: a unit per head,
     per batch item (an int index), every head in one, or the last batch dim cut in slices of
     two heads (the last slice shorter when the dim is odd)."""
     def units(batch, *_):
@@ -254,13 +254,13 @@ def units_of(kind):
 def test_row_blocks_without_causal_mask_match_torch(recompute, units):
     """Several blocks of query rows against one: same output and gradients as PyTorch, the
     float mask's gradient included, whether a unit of work is a head, the heads of one
-    batch item, every head, or slices of the heads (``_units``)."""
+    batch item, every head, or slices of the heads (``units``)."""
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
                                  [(2, 3, 37, 8), (2, 3, 29, 8), (2, 3, 29, 5)])
     m, tm = leaf_pair(rng.standard_normal((37, 29)))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "TILE_ELEMENTS", 8 * 29)  # blocks of 8 query rows
-        patch.setattr(attention_ops, "_units", units_of(units))
+        patch.setattr(attention_blocks, "TILE_ELEMENTS", 8 * 29)  # blocks of 8 query rows
+        patch.setattr(attention_blocks, "units", units_of(units))
         out = F.scaled_dot_product_attention(q, k, v, m, recompute=recompute)
         grad = rng.standard_normal(out.shape)
         out.backward(grad)
@@ -284,7 +284,7 @@ def test_heads_on_threads_give_the_same_bits(is_causal, on_cpu):
     results = []
     for threads in (1, 2):
         with num_threads(threads):
-            units, stacked = attention_ops._units((2, 6), 200, 150, is_causal, True)
+            units, stacked = attention_blocks.units((2, 6), 200, 150, is_causal, True)
             one_thread = (1, 12) if is_causal else (2, 6)
             assert (len(units), stacked) == (one_thread if threads == 1 else (4, 3))
             q, k, v = (tn.tensor(a, requires_grad=True) for a in arrays)
@@ -304,7 +304,7 @@ def test_no_grad_forward_never_holds_the_whole_p(on_cpu):
     q = tn.tensor(rng.standard_normal((2, 512, 8)))
     p_bytes = 2 * 512 * 512 * 8
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "TILE_ELEMENTS", 1 << 14)  # blocks of 32 rows, 128 KiB
+        patch.setattr(attention_blocks, "TILE_ELEMENTS", 1 << 14)  # blocks of 32 rows, 128 KiB
         tracemalloc.start()
         try:
             with tn.no_grad():
@@ -427,9 +427,9 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
     (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal((2, length, 8))) for _ in range(3))
     allowed = np.tri(length, dtype=bool)
     calls = []
-    original = attention_ops._row_blocks
+    original = attention_blocks.row_blocks
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "_row_blocks", lambda length, source, causal, *rest: (
+        patch.setattr(attention_blocks, "row_blocks", lambda length, source, causal, *rest: (
             calls.append(causal), original(length, source, causal, *rest))[1])
         out = F.scaled_dot_product_attention(q, k, v, tn.tensor(allowed))
         grad = rng.standard_normal(out.shape)
@@ -444,7 +444,7 @@ def test_a_bool_causal_mask_takes_the_causal_path_with_the_same_results():
     almost[5, 3] = False  # not causal: the mask path
     calls.clear()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(attention_ops, "_row_blocks", lambda length, source, causal, *rest: (
+        patch.setattr(attention_blocks, "row_blocks", lambda length, source, causal, *rest: (
             calls.append(causal), original(length, source, causal, *rest))[1])
         F.scaled_dot_product_attention(q, k, v, tn.tensor(almost))
     assert calls and not any(calls)
@@ -455,19 +455,19 @@ def test_units_of_work_follow_the_size_of_the_heads():
     into at least two units per thread when there is enough work to share out."""
     with num_threads(2):
         # causal, 256 tokens: blocks of 128 rows, 8 heads fit a tile; 4 units for 2 threads
-        assert attention_ops._units((2, 12), 256, 256, True, True) == (
+        assert attention_blocks.units((2, 12), 256, 256, True, True) == (
             [(i, slice(j, j + 6)) for i in range(2) for j in (0, 6)], 6)
         # a head of 512 x 512 scores fills a tile: one head per unit
-        assert attention_ops._units((2, 12), 512, 512, False, True) == (
+        assert attention_blocks.units((2, 12), 512, 512, False, True) == (
             [(i, slice(j, j + 1)) for i in range(2) for j in range(12)], 1)
         # small: every head in one call, on the calling thread
-        assert attention_ops._units((8, 4), 24, 24, False, True) == ([()], 32)
+        assert attention_blocks.units((8, 4), 24, 24, False, True) == ([()], 32)
         # work enough for two threads: at least two units per thread, even slices
-        assert attention_ops._units((2, 6), 150, 200, False, True) == (
+        assert attention_blocks.units((2, 6), 150, 200, False, True) == (
             [(i, slice(j, j + 3)) for i in range(2) for j in (0, 3)], 3)
-        assert attention_ops._units((), 10, 10, True, True) == ([()], 1)
+        assert attention_blocks.units((), 10, 10, True, True) == ([()], 1)
         # the GPU: one unit, every head in each launch
-        assert attention_ops._units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
+        assert attention_blocks.units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
 
 
 def test_thread_counts_give_the_same_bits_with_a_broadcast_key(on_cpu):

@@ -13,14 +13,13 @@ output row of 0 and zero gradients for it, never NaN; PyTorch's SDPA behaves so 
 """
 from __future__ import annotations
 
-import itertools
 import math
-import threading
 
 from .. import backend
 from ..autograd import Function
+from . import _attention_blocks as blocks
 from ._adjoint import broadcast_shape, unbroadcast
-from ._rows import BLOCK_ELEMENTS, for_each_block, get_num_threads
+from ._rows import for_each_block
 from ._rows import row_dot as row_dot_of
 from .dropout import keep_mask, keep_scale
 
@@ -73,76 +72,6 @@ def rebuilds_p(q, k, v) -> bool:
     """
     length, source = q.shape[-2], k.shape[-2]
     return length * source > 2 * (length * q.shape[-1] + source * (k.shape[-1] + v.shape[-1]))
-
-
-BLOCK_ROWS = 128  # causal attention runs over blocks of this many query rows
-TILE_ELEMENTS = 1 << 18  # CPU: a block of scores (rows × keys), 1 MiB in float32, stays in
-#                          cache from the matmul that writes it through softmax to P V
-
-
-UNITS_PER_THREAD = 2  # CPU: units per thread, at least, when the heads go to several threads
-
-
-def _units(batch: tuple, length: int, source: int, is_causal: bool, on_cpu: bool) -> tuple:
-    """(units, heads per unit): the units of work, each an index into the batch dims (ints,
-    and a slice of the dim it cuts), and how many heads each one stacks (the last unit of a
-    cut dim may hold fewer).
-
-    Each unit is one call of the per-unit work, its heads stacked so that every NumPy call
-    handles them together: Python's cost per call stays small next to the work (a 4-head
-    model on 24 tokens would otherwise make hundreds of tiny calls per layer; 24 heads of
-    256 causal tokens took 11.3 ms forward+backward one head per unit, 9.1 in units of six,
-    on 2 cores). A unit stacks at most as many heads as fit one query block of each
-    (``_row_blocks``: BLOCK_ROWS rows when causal, else every row) into TILE_ELEMENTS
-    scores, so the row blocks are those of one head: the same products of the same sizes,
-    the same bits, however the heads are cut. With several threads, and scores enough work
-    for two (``for_each_block``'s rule), the heads are cut into at least UNITS_PER_THREAD
-    units per thread, of sizes that differ by at most one head, shared out over the thread
-    pool. On the GPU one unit, ``(...,)``, runs every head in each launch.
-    """
-    heads = math.prod(batch)
-    if not on_cpu:
-        return [(Ellipsis,)], heads
-    block_rows = min(BLOCK_ROWS, length) if is_causal else length
-    count = -(-heads // max(1, TILE_ELEMENTS // max(block_rows * source, 1)))
-    threads = get_num_threads()
-    if threads > 1 and heads * length * source >= 2 * BLOCK_ELEMENTS:
-        count = max(count, min(heads, UNITS_PER_THREAD * threads))
-    per_unit = -(-heads // max(count, 1))
-    # whole trailing batch dims while they fit in a unit, then the next dim cut into slices
-    depth, inner = len(batch), 1
-    while depth > 0 and inner * batch[depth - 1] <= per_unit:
-        depth -= 1
-        inner *= batch[depth]
-    if depth == 0:
-        return [()], heads
-    size, step = batch[depth - 1], max(1, per_unit // inner)
-    step = -(-size // -(-size // step))  # as many slices, as even as they go (5: 3 + 2)
-    units = [index + (slice(start, min(start + step, size)),)
-             for index in itertools.product(*(range(n) for n in batch[:depth - 1]))
-             for start in range(0, size, step)]
-    return units, step * inner
-
-
-def _row_blocks(length, source, is_causal, on_cpu, heads_per_unit=1):
-    """(r0, r1, keys) per block: query rows r0..r1−1 and the keys 0..keys−1 they may see.
-
-    Rows are independent, so attention can run block by block. With a causal mask, row i
-    sees keys j <= i, so rows before r1 see only the first min(r1, S) keys: the scores right
-    of each block are never computed (about half of them for long sequences, the saving
-    FlashAttention makes) and P stays 0 there. Without one, CPU blocks hold about
-    TILE_ELEMENTS scores (over the unit's heads), so a block is written by Q Kᵀ, normalised
-    and read by P V while it is in cache; the GPU takes every row at once.
-    """
-    if is_causal:
-        step = BLOCK_ROWS
-    elif on_cpu:
-        step = min(length, TILE_ELEMENTS // max(source * heads_per_unit, 1))
-    else:
-        step = length
-    step = max(step, 1)
-    return [(r0, min(r0 + step, length), min(r0 + step, length, source) if is_causal else source)
-            for r0 in range(0, length, step)]
 
 
 def _is_causal_mask(attn_mask, length, source, xp) -> bool:
@@ -217,27 +146,6 @@ class _Inputs:
         return None
 
 
-class _Scratch:
-    """Block-sized work arrays, one of each name per thread, reused from block to block.
-
-    A block of scores (up to TILE_ELEMENTS, 1 MiB) is above malloc's threshold for mapping
-    fresh pages, so a new array per block would pay a page fault per 4 KiB on every block;
-    while a graph is being recorded nothing is freed between blocks, and that cost doubled
-    the attention's forward time.
-    """
-
-    def __init__(self, xp, dtype):
-        self.xp, self.dtype, self.local = xp, dtype, threading.local()
-
-    def get(self, name, shape):
-        size = math.prod(shape)
-        flat = getattr(self.local, name, None)
-        if flat is None or flat.size < size:
-            flat = self.xp.empty(size, dtype=self.dtype)
-            setattr(self.local, name, flat)
-        return flat[:size].reshape(shape)
-
-
 def _new(xp, shape, dtype, zeroed):
     """An array for P (or P_d): zeroed when causal blocks leave keys unwritten."""
     return xp.zeros(shape, dtype=dtype) if zeroed else xp.empty(shape, dtype=dtype)
@@ -250,11 +158,10 @@ class ScaledDotProductAttention(Function):
     V (after dropout, as ``nn.MultiheadAttention`` returns them); both are differentiable.
 
     Forward runs unit by unit (a head, or several heads stacked when they are small: see
-    ``_units``) and, within a unit, over blocks of query rows (``_row_blocks``): each block
-    of P is made and used while in cache. The whole P is
-    written out only when something needs it: backward (unless ``recompute``; None chooses
-    by ``rebuilds_p``) or the caller (``return_weights``); otherwise, as under no_grad, a
-    block-sized array serves.
+    ``blocks.units``) and, within a unit, over blocks of query rows (``blocks.row_blocks``):
+    each block of P is made and used while in cache. The whole P is written out only when
+    something needs it: backward (unless ``recompute``; None chooses by ``rebuilds_p``) or
+    the caller (``return_weights``); otherwise, as under no_grad, a block-sized array serves.
     """
 
     @staticmethod
@@ -290,12 +197,12 @@ class ScaledDotProductAttention(Function):
         # every row is written below, unless there are no keys: then O = 0
         out = _new(xp, batch + (length, v.shape[-1]), q.dtype, zeroed=not source)
 
-        scratch = _Scratch(xp, q.dtype)
+        scratch = blocks.Scratch(xp, q.dtype)
 
-        units, stacked = _units(batch, length, source, is_causal, on_cpu)
+        units, stacked = blocks.units(batch, length, source, is_causal, on_cpu)
 
-        def attend(unit):  # one unit: a head, or several stacked (see _units)
-            for r0, r1, keys in _row_blocks(length, source, is_causal, on_cpu, stacked):
+        def attend(unit):  # one unit: a head, or several stacked (see blocks.units)
+            for r0, r1, keys in blocks.row_blocks(length, source, is_causal, on_cpu, stacked):
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))
                 p = probs[unit][block] if probs is not None else scratch.get(
                     "p", inputs.q[unit][..., r0:r1, :].shape[:-1] + (keys,))
@@ -346,9 +253,9 @@ class ScaledDotProductAttention(Function):
         In the code: dO = grad_out, dW = grad_weights, P = p, P_d = p_d, D = keep scaled by
         1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then dS, in
         place (it is our own array). As in forward, the work runs unit by unit over blocks of
-        query rows (``_row_blocks``); causal blocks skip the keys they cannot see (their P
-        and dS are 0). Each block adds its rows' share to its unit's dV and dK and writes its
-        rows of dQ; heads are independent, so they share out over threads.
+        query rows (``blocks.row_blocks``); causal blocks skip the keys they cannot see (their
+        P and dS are 0). Each block adds its rows' share to its unit's dV and dK and writes
+        its rows of dQ; heads are independent, so they share out over threads.
 
         Saved: P, (L × S) per head in q's dtype (e.g. 1 MiB per head at L = S = 512, float32),
         the output O (L × Ev per head), the bool dropout mask (L × S bytes) when dropout_p > 0,
@@ -376,12 +283,13 @@ class ScaledDotProductAttention(Function):
         grad_scores_all = xp.zeros(batch + (length, source), dtype=grad_out.dtype) \
             if need_mask else None
 
-        scratch = _Scratch(xp, grad_out.dtype)
+        scratch = blocks.Scratch(xp, grad_out.dtype)
 
-        units, stacked = _units(batch, length, source, ctx.is_causal, on_cpu)
+        units, stacked = blocks.units(batch, length, source, ctx.is_causal, on_cpu)
 
-        def backward_unit(unit):  # one unit: a head, or several stacked (see _units)
-            for r0, r1, keys in _row_blocks(length, source, ctx.is_causal, on_cpu, stacked):
+        def backward_unit(unit):  # one unit: a head, or several stacked (see blocks.units)
+            for r0, r1, keys in blocks.row_blocks(length, source, ctx.is_causal, on_cpu,
+                                                  stacked):
                 rows = (Ellipsis, slice(r0, r1), slice(None))  # this block's query rows
                 seen = (Ellipsis, slice(0, keys), slice(None))  # the key rows they may see
                 block = (Ellipsis, slice(r0, r1), slice(0, keys))  # their part of P (L × S)
