@@ -123,7 +123,8 @@ def bench_stack(rows, repeat):
     for label, tn_mode, torch_mode in (("graph recorded", contextlib.nullcontext,
                                         contextlib.nullcontext),
                                        ("no_grad", tn.no_grad, torch.no_grad)):
-        t = interleaved({"tinynorm": run(ours, x_tn, tn_mode), "torch": run(ref, x_torch, torch_mode),
+        t = interleaved({"tinynorm": run(ours, x_tn, tn_mode),
+                         "torch": run(ref, x_torch, torch_mode),
                          "torch_nw": run(ref_false, x_torch, torch_mode)},
                         repeat=repeat, warmup=1)
         rows.append(_row(f"Transformer(12) forward, {label}", shape, t, 1.2))
@@ -174,11 +175,12 @@ def memory_child(framework: str) -> None:
 def bench_memory(rows):
     results = {}
     for framework in ("tinynorm", "torch"):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", framework],
-                             check=True, capture_output=True, text=True).stdout
+        child = [sys.executable, os.path.abspath(__file__), "--memory-child", framework]
+        out = subprocess.run(child, check=True, capture_output=True, text=True).stdout
         results[framework] = json.loads(out.strip().splitlines()[-1])
     mib = lambda kib: round(kib / 1024, 1)  # noqa: E731
-    for label, key in (("peak RSS of the process", None), ("peak RSS - RSS before fwd+bwd", "rss_before_kib")):
+    for label, key in (("peak RSS of the process", None),
+                       ("peak RSS - RSS before fwd+bwd", "rss_before_kib")):
         value = {f: r["peak_kib"] - (r[key] if key else 0) for f, r in results.items()}
         ratio = value["tinynorm"] / value["torch"]
         rows.append({"case": f"Transformer(12) fwd+bwd (1x256x768), {label}",

@@ -21,7 +21,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "training experiments), or a demo name: " + ", ".join(DEMOS))
     p.add_argument("--quick", action="store_true", help="small sizes, for a fast check (CI)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
-    p.add_argument("--out", default="tinynorm-out", help="folder for figures (default: %(default)s)")
+    p.add_argument("--out", default="tinynorm-out",
+                   help="folder for figures (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -76,8 +77,8 @@ def main(argv=None) -> int:
     if args.command in GROUPS:
         return _run(GROUPS[args.command], args)
     if args.command not in DEMOS:
-        print(f"unknown demo {args.command!r}; choose 'list', 'all', 'training' or one of: {', '.join(DEMOS)}",
-              file=sys.stderr)
+        print(f"unknown demo {args.command!r}; choose 'list', 'all', 'training' or one of: "
+              f"{', '.join(DEMOS)}", file=sys.stderr)
         return 2
     return _run([args.command], args)
 

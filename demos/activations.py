@@ -78,5 +78,6 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         f"(x{shrink:.2g}); with LN every layer has std in "
         f"[{min(ln_stds):.3f}, {max(ln_stds):.3f}] and |mean| <= {max(map(abs, ln_means)):.1e}",
     )
-    return {"stats": stats, "std_shrink_without_ln": shrink, "ln_std_range": (min(ln_stds), max(ln_stds)),
+    return {"stats": stats, "std_shrink_without_ln": shrink,
+            "ln_std_range": (min(ln_stds), max(ln_stds)),
             "ln_max_abs_mean": max(map(abs, ln_means)), "figures": figures, "verdict": line}

@@ -87,7 +87,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         C.table([{"network": "DeepNetworkWithoutResiduals", "mean |dL/dx|": seed_plain},
                  {"network": "DeepNetworkWithResiduals", "mean |dL/dx|": seed_residual}],
                 ["network", "mean |dL/dx|"],
-                title=f"The seed's experiment: {SEED_DEPTH} layers, d_model={D_MODEL}, x (1, {D_MODEL})")
+                title=f"The seed's experiment: {SEED_DEPTH} layers, d_model={D_MODEL}, "
+                      f"x (1, {D_MODEL})")
 
         # 2. depth sweep (geometric mean over trials) and per-layer norms at the seed's depth
         sweep = {v: {} for v in VARIANTS}
@@ -97,7 +98,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         for variant, depth, trial in C.progress(jobs, desc="gradient_flow"):
             model = build(variant, depth)
             direction = tn.randn(1, D_MODEL)
-            samples.setdefault((variant, depth), []).append(input_gradient(model, D_MODEL, direction))
+            gradient = input_gradient(model, D_MODEL, direction)
+            samples.setdefault((variant, depth), []).append(gradient)
             if depth == SEED_DEPTH and trial == 0:
                 per_layer[variant] = layer_gradient_norms(model)
         for (variant, depth), values in samples.items():
@@ -110,7 +112,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     rows = [{"layer": i + 1, **{v: per_layer[v][i] for v in VARIANTS}}
             for i in (0, 1, 9, 24, 39, 48, 49)]
     C.table(rows, ["layer", *VARIANTS],
-            title=f"||dL/dW|| per layer, {SEED_DEPTH}-layer networks, same loss (layer 1 = input side)")
+            title=f"||dL/dW|| per layer, {SEED_DEPTH}-layer networks, same loss "
+                  f"(layer 1 = input side)")
 
     fig, axes = C.figure(1, 2, width=11, height=4)
     for v in VARIANTS:

@@ -14,9 +14,9 @@ zero biases, the paper's setting.
 What the paper predicts at initialization: Post-LN gradients grow with the layer index (the
 last layers get the largest), Pre-LN gradients are about the same in every layer (Figure
 3); the last layer's gradient does not depend on the depth L for Post-LN and shrinks as
-1/√L for Pre-LN (Theorem 1); the Pre-LN stream's squared norm grows linearly in l (Lemma 2: between (1 + l/2)d and
-(1 + 3l/2)d), while the Post-LN stream stays at ||x||² ≈ d because every block ends in a
-LayerNorm. The verdict checks these in the paper's setting and reports what is measured,
+1/√L for Pre-LN (Theorem 1); the Pre-LN stream's squared norm grows linearly in l (Lemma 2:
+between (1 + l/2)d and (1 + 3l/2)d), while the Post-LN stream stays at ||x||² ≈ d because
+every block ends in a LayerNorm. The verdict checks these in the paper's setting and reports what is measured,
 whether or not it matches.
 """
 from __future__ import annotations
@@ -43,7 +43,8 @@ KINDS = {"post": "Post-Norm", "pre": "Pre-Norm"}
 
 
 def xavier_(module: nn.Module) -> None:
-    """Xavier-uniform every matrix (in_proj_weight included), zero every bias; norms keep 1 and 0."""
+    """Xavier-uniform every matrix (in_proj_weight included), zero every bias; the norms
+    keep their 1 and 0."""
     for name, p in module.named_parameters():
         if "norm" in name:
             continue
@@ -121,10 +122,12 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
                              "||dFFN|| middle": r["ffn"][depth // 2], "||dFFN|| last": r["ffn"][-1],
                              "trend FFN": t, "trend W1": trend(r["w1"]), "trend W2": trend(r["w2"]),
                              "FFN": describe(t)})
-        C.table(rows, list(rows[0]), title=f"Feed-forward gradient norms per layer at init: {label}")
+        C.table(rows, list(rows[0]),
+                title=f"Feed-forward gradient norms per layer at init: {label}")
         fits[init] = linear_fit(results[init]["pre"][deepest]["stream"])
-    stream_rows = [{"layer l": l, **{f"{KINDS[k]} ({i})": results[i][k][deepest]["stream"][l - 1] / d_model
-                                     for i in INITS for k in KINDS}}
+    stream_rows = [{"layer l": l,
+                    **{f"{KINDS[k]} ({i})": results[i][k][deepest]["stream"][l - 1] / d_model
+                       for i in INITS for k in KINDS}}
                    for l in (1, 2, 4, 8, 12, 16, 20, 24)]
     C.table(stream_rows, list(stream_rows[0]),
             title=f"Residual stream at each block's input, mean ||x_l||^2 / d ({deepest} layers); "
@@ -166,7 +169,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         "Post-LN grows with layer (Fig. 3)": all(describe(t) == "grows" for t in post),
         "Pre-LN flat over layers (Fig. 3)": all(describe(t) == "flat" for t in pre),
         "Post-LN last layer independent of L (Thm 1)": abs(np.log(post_last_ratio)) < np.log(1.25),
-        "Pre-LN last layer ~ 1/sqrt(L) (Thm 1)": abs(np.log(pre_last_ratio / pre_expected)) < np.log(1.4),
+        "Pre-LN last layer ~ 1/sqrt(L) (Thm 1)":
+            abs(np.log(pre_last_ratio / pre_expected)) < np.log(1.4),
         "Pre-LN stream linear (Lemma 2)": r2 > 0.95 and fits["xavier"][0] > 0,
     }
     passed = sum(checks.values())

@@ -135,7 +135,8 @@ def _check_finite(arrays, fn_name: str, where: str) -> None:
         xp = backend.array_module(a)
         if not bool(xp.isfinite(a).all()):
             kind = "nan" if bool(xp.isnan(a).any()) else "inf"
-            raise RuntimeError(f"detect_anomaly: {fn_name}.{where} produced {kind} values in its output {i}")
+            raise RuntimeError(f"detect_anomaly: {fn_name}.{where} produced {kind} values in "
+                               f"its output {i}")
 
 
 # ---- Function and Context -------------------------------------------------------------
@@ -225,15 +226,15 @@ class Function:
         out = cls.forward(ctx, *arrays)
         multiple = isinstance(out, tuple)
         # NumPy reductions and ufuncs on 0-d arrays return scalars; a Tensor always holds an array
-        outs = tuple(o if backend.is_array(o) else xp.asarray(o) for o in (out if multiple else (out,)))
+        outs = tuple(o if backend.is_array(o) else xp.asarray(o)
+                     for o in (out if multiple else (out,)))
         if _anomaly_mode.enabled:
             _check_finite(outs, cls.__name__, "forward")
         if not record:
             results = tuple(Tensor(o) for o in outs)
         else:
-            ctx.edges = tuple(
-                (a if a.grad_fn is None else Edge(a)) if need else None for a, need in zip(args, needs)
-            )
+            ctx.edges = tuple((a if a.grad_fn is None else Edge(a)) if need else None
+                              for a, need in zip(args, needs))
             ctx.outputs = tuple((o.shape, o.dtype) for o in outs)
             results = tuple(Tensor(o, grad_fn=ctx, output_index=i) for i, o in enumerate(outs))
             for r in results:
@@ -289,9 +290,8 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
             xp = backend.array_module(tensor.data)
         gradient = xp.asarray(given, dtype=tensor.dtype)
         if gradient.shape != tensor.shape:
-            raise RuntimeError(
-                f"backward: gradient has shape {gradient.shape} but the tensor has shape {tensor.shape}"
-            )
+            raise RuntimeError(f"backward: gradient has shape {gradient.shape} but the tensor "
+                               f"has shape {tensor.shape}")
 
     pending = {}  # id(node) -> gradient of each of its outputs, summed over consumers
     arrived = {}  # id(tensor) -> [tensor, summed gradient] for leaves and retain_grad tensors
@@ -303,7 +303,8 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
             entry[1] = g if entry[1] is None else _array(entry[1] + g)
         if not isinstance(target, Tensor):
             slots = pending.setdefault(id(target.node), [None] * len(target.node.outputs))
-            slots[target.index] = g if slots[target.index] is None else _array(slots[target.index] + g)
+            held_g = slots[target.index]
+            slots[target.index] = g if held_g is None else _array(held_g + g)
 
     deliver(tensor if tensor.grad_fn is None else Edge(tensor), gradient)
     for node in _topological_order(tensor.grad_fn) if tensor.grad_fn is not None else ():

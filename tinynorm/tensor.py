@@ -73,7 +73,8 @@ class Tensor:
                 f"only floating-point tensors can require gradients; got dtype {self.dtype}"
             )
         if not requires_grad and not self.is_leaf:
-            raise RuntimeError("requires_grad can only be switched off on leaf tensors; use .detach()")
+            raise RuntimeError("requires_grad can only be switched off on leaf tensors; use "
+                               ".detach()")
         self.requires_grad = bool(requires_grad)
         return self
 
@@ -87,7 +88,8 @@ class Tensor:
     def numpy(self):
         """A NumPy array of the values (copied from the GPU for CuPy tensors)."""
         if self.requires_grad:
-            raise RuntimeError("Can't call numpy() on Tensor that requires grad. Use tensor.detach().numpy() instead.")
+            raise RuntimeError("Can't call numpy() on Tensor that requires grad. "
+                               "Use tensor.detach().numpy() instead.")
         return backend.to_numpy(self.data)
 
     def tolist(self):
@@ -95,7 +97,8 @@ class Tensor:
 
     def item(self):
         if self.data.size != 1:
-            raise RuntimeError(f"a Tensor with {self.data.size} elements cannot be converted to a Python number")
+            raise RuntimeError(f"a Tensor with {self.data.size} elements cannot be converted "
+                               f"to a Python number")
         return backend.to_numpy(self.data).reshape(()).item()
 
     def __float__(self):

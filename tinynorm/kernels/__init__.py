@@ -82,7 +82,7 @@ def fused(on: bool):
         enabled = previous
 
 
-__all__ = ["enabled", "use_fused", "fused", "cpu_available", "use_cpu_kernels", "cpu_gelu", "cpu_norms",
-           "SOURCES", "clear_cache", "row_threads", "param_grad_chunks", "layer_norm_forward",
-           "layer_norm_backward", "rms_norm_forward", "rms_norm_backward", "softmax_forward",
-           "softmax_backward"]
+__all__ = ["enabled", "use_fused", "fused", "cpu_available", "use_cpu_kernels", "cpu_gelu",
+           "cpu_norms", "SOURCES", "clear_cache", "row_threads", "param_grad_chunks",
+           "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
+           "softmax_forward", "softmax_backward"]

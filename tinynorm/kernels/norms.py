@@ -5,14 +5,16 @@ the reference. Per row of n elements (one block per row, a loop over the row):
 
 LayerNorm forward   μ0 = Σx / n, refined once: μ = μ0 + mean(x − μ0) (the rounding of Σx
                     would otherwise stay in every x̂ when |μ| ≫ σ; cheap on a GPU, where
-                    the row is in registers; the compiled CPU kernel does it too, the NumPy path does not);
+                    the row is in registers; the compiled CPU kernel does it too, the
+                    NumPy path does not);
                     σ² = mean((x − μ)²), from the same pass over x − μ0 (two reading
-                    passes before the one that writes y; never Σx²/n − μ²);  r = 1/√(σ² + ε);  x̂ = (x − μ)·r;
-                    y = x̂·γ + β.  Saves μ and r: two numbers per row; x̂ is recomputed
-                    in backward.
+                    passes before the one that writes y; never Σx²/n − μ²);
+                    r = 1/√(σ² + ε);  x̂ = (x − μ)·r;  y = x̂·γ + β.
+                    Saves μ and r: two numbers per row; x̂ is recomputed in backward.
 LayerNorm backward  g = dy·γ;  dx = r·(g − mean(g) − x̂·mean(g·x̂));
                     dγ = Σ_rows dy·x̂;  dβ = Σ_rows dy.
-RMSNorm forward     r = 1/√(Σx²/n + ε);  x̂ = x·r;  y = x̂·γ.  Saves r: one number per row.
+RMSNorm forward     r = 1/√(Σx²/n + ε);  x̂ = x·r;  y = x̂·γ.
+                    Saves r: one number per row.
 RMSNorm backward    g = dy·γ;  dx = r·(g − x̂·mean(g·x̂));  dγ = Σ_rows dy·x̂.
 
 Row sums accumulate in the input's precision (float32 for float32). dγ and dβ are sums over

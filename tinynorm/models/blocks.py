@@ -56,7 +56,8 @@ class _NormedBlock(nn.Module):
 
     def __init__(self, d_model, num_heads, d_ff, dropout=0.1):
         super().__init__()
-        self.attention = nn.MultiheadAttention(d_model, num_heads)  # the seed's: no attention dropout
+        # the seed's: no dropout on the attention weights
+        self.attention = nn.MultiheadAttention(d_model, num_heads)
         self.norm1 = nn.LayerNorm(d_model)
         self.feed_forward = _feed_forward(d_model, d_ff)
         self.norm2 = nn.LayerNorm(d_model)

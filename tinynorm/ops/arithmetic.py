@@ -141,5 +141,6 @@ def neg(x):
 
 def pow(x, exponent):
     if isinstance(exponent, Tensor):
-        raise TypeError("pow: the exponent must be a Python number; tensor exponents are not supported")
+        raise TypeError("pow: the exponent must be a Python number; tensor exponents are not "
+                        "supported")
     return Pow.apply(x, exponent)

@@ -67,7 +67,8 @@ class MatMul(Function):
     @staticmethod
     def forward(ctx, a, b):
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError(f"matmul: both operands need at least 1 dim; got shapes {a.shape} and {b.shape}")
+            raise ValueError(f"matmul: both operands need at least 1 dim; got shapes {a.shape} "
+                             f"and {b.shape}")
         k_b = b.shape[-2] if b.ndim > 1 else b.shape[0]
         if a.shape[-1] != k_b:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align: "
@@ -117,8 +118,9 @@ class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias=None):
         if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
-            raise ValueError(f"linear: input of shape {x.shape} and weight of shape {weight.shape} do "
-                             f"not fit: expected input (..., {weight.shape[-1]}) and weight (out, in)")
+            raise ValueError(f"linear: input of shape {x.shape} and weight of shape "
+                             f"{weight.shape} do not fit: expected input (..., "
+                             f"{weight.shape[-1]}) and weight (out, in)")
         if bias is not None and bias.shape != (weight.shape[0],):
             raise ValueError(f"linear: bias of shape {bias.shape}; expected ({weight.shape[0]},) "
                              f"for weight of shape {weight.shape}")

@@ -57,8 +57,8 @@ class Max(Function):
     def forward(ctx, x, dim=None, keepdim=False):
         axes = reduction_axes("max", dim, x.ndim)
         if any(x.shape[a] == 0 for a in axes):
-            raise RuntimeError(f"max: cannot reduce over an empty dim of a tensor of shape {x.shape} "
-                               f"(dim={dim}); the maximum of nothing is undefined")
+            raise RuntimeError(f"max: cannot reduce over an empty dim of a tensor of shape "
+                               f"{x.shape} (dim={dim}); the maximum of nothing is undefined")
         y = x.max(axis=axes, keepdims=True)
         ctx.axes, ctx.shape = axes, x.shape
         if ctx.recording:  # the mask is for backward alone

@@ -28,8 +28,9 @@ class Where(Function):
         shape_a, shape_b = ctx.shapes
         zero = grad_out.dtype.type(0)
         xp = backend.array_module(grad_out)
-        da = unbroadcast(xp.where(cond, grad_out, zero), shape_a) if ctx.needs_input_grad[1] else None
-        db = unbroadcast(xp.where(cond, zero, grad_out), shape_b) if ctx.needs_input_grad[2] else None
+        need_a, need_b = ctx.needs_input_grad[1:3]
+        da = unbroadcast(xp.where(cond, grad_out, zero), shape_a) if need_a else None
+        db = unbroadcast(xp.where(cond, zero, grad_out), shape_b) if need_b else None
         return None, da, db
 
 
@@ -41,10 +42,12 @@ def masked_fill(x, mask, value):
     """x with ``value`` where mask is True: ``where(mask, value, x)``; value gets no gradient."""
     mask = mask.data if isinstance(mask, Tensor) else mask
     if not backend.is_array(mask) or mask.dtype.kind != "b":
-        raise TypeError(f"masked_fill: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+        got = getattr(mask, "dtype", type(mask).__name__)
+        raise TypeError(f"masked_fill: mask must be a bool tensor, got {got}")
     if isinstance(value, Tensor):
         if value.ndim != 0:
-            raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got shape {value.shape}")
+            raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
+                             f"{value.shape}")
         value = value.item()
     if broadcast_shape("masked_fill", mask.shape, x.shape) != tuple(x.shape):
         raise ValueError(f"masked_fill: mask of shape {mask.shape} does not broadcast to the "

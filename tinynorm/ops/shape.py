@@ -78,7 +78,8 @@ class Expand(Function):
         try:
             return backend.array_module(x).broadcast_to(x, target)
         except ValueError:
-            raise ValueError(f"expand: a tensor of shape {x.shape} cannot be expanded to {shape}") from None
+            raise ValueError(f"expand: a tensor of shape {x.shape} cannot be expanded to "
+                             f"{shape}") from None
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -95,7 +96,8 @@ class GetItem(Function):
         try:
             return x[index]
         except IndexError as err:
-            raise IndexError(f"getitem: index {index!r} is invalid for a tensor of shape {x.shape}: {err}") from None
+            raise IndexError(f"getitem: index {index!r} is invalid for a tensor of shape "
+                             f"{x.shape}: {err}") from None
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -144,9 +146,10 @@ class Cat(Function):
             if x.dtype != ref.dtype:
                 raise TypeError(f"cat: tensor {i} has dtype {x.dtype}, tensor 0 has {ref.dtype}; "
                                 "convert with .to(dtype) first")
-            if x.ndim != ref.ndim or x.shape[:d] + x.shape[d + 1:] != ref.shape[:d] + ref.shape[d + 1:]:
-                raise ValueError(f"cat: tensor {i} has shape {x.shape}, which does not match tensor 0's "
-                                 f"{ref.shape} outside dim {dim}")
+            outside = x.shape[:d] + x.shape[d + 1:]
+            if x.ndim != ref.ndim or outside != ref.shape[:d] + ref.shape[d + 1:]:
+                raise ValueError(f"cat: tensor {i} has shape {x.shape}, which does not match "
+                                 f"tensor 0's {ref.shape} outside dim {dim}")
         ctx.dim, ctx.sizes = d, [x.shape[d] for x in xs]
         return backend.array_module(*xs).concatenate(xs, axis=d)
 
@@ -164,8 +167,8 @@ class Split(Function):
     def forward(ctx, x, sizes, dim):
         d = normalize_dim("split", dim, x.ndim)
         if sum(sizes) != x.shape[d]:
-            raise ValueError(f"split: sizes {list(sizes)} do not add up to {x.shape[d]}, the size of "
-                             f"dim {dim} of a tensor of shape {x.shape}")
+            raise ValueError(f"split: sizes {list(sizes)} do not add up to {x.shape[d]}, the "
+                             f"size of dim {dim} of a tensor of shape {x.shape}")
         ctx.dim = d
         return _pieces(x, sizes, d)
 
@@ -193,8 +196,8 @@ def flatten(x, start_dim=0, end_dim=-1):
     s = normalize_dim("flatten", start_dim, x.ndim)
     e = normalize_dim("flatten", end_dim, x.ndim)
     if s > e:
-        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a tensor "
-                         f"of shape {x.shape}")
+        raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} for a "
+                         f"tensor of shape {x.shape}")
     return reshape(x, *x.shape[:s], math.prod(x.shape[s:e + 1]), *x.shape[e + 1:])
 
 
@@ -233,8 +236,8 @@ def getitem(x, index):
         # accumulate repeated indices
         xp = backend.array_module(x.data)
         items = index if isinstance(index, tuple) else (index,)
-        items = tuple(i.data if isinstance(i, Tensor) else xp.asarray(i) if isinstance(i, list) else i
-                      for i in items)
+        items = tuple(i.data if isinstance(i, Tensor)
+                      else xp.asarray(i) if isinstance(i, list) else i for i in items)
         index = items if isinstance(index, tuple) else items[0]
     return GetItem.apply(x, index)
 
@@ -249,7 +252,8 @@ def stack(tensors, dim=0):
         raise ValueError("stack: expected a non-empty sequence of tensors")
     for i, t in enumerate(tensors):
         if t.shape != tensors[0].shape:
-            raise ValueError(f"stack: tensor {i} has shape {t.shape}, expected {tensors[0].shape} like tensor 0")
+            raise ValueError(f"stack: tensor {i} has shape {t.shape}, expected "
+                             f"{tensors[0].shape} like tensor 0")
     d = normalize_dim("stack", dim, tensors[0].ndim + 1)
     return cat([unsqueeze(t, d) for t in tensors], d)
 

@@ -54,7 +54,8 @@ def gradcheck(fn, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float 
     args = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     checked = [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.requires_grad]
     if not checked:
-        raise ValueError("gradcheck: no input is a Tensor with requires_grad=True; nothing to check")
+        raise ValueError("gradcheck: no input is a Tensor with requires_grad=True; nothing to "
+                         "check")
     for i in checked:
         if args[i].dtype != backend.float64:
             warnings.warn(
@@ -91,7 +92,8 @@ class _Check:
             outs = _outputs(fn(*self._arguments(self._as_float64(self.base))))
         self.float_outputs = [k for k, o in enumerate(outs) if o.dtype.kind == "f"]
         self.out_shapes = [tuple(o.shape) for o in outs]
-        self.upstream = {k: self.rng.standard_normal(self.out_shapes[k]) for k in self.float_outputs}
+        self.upstream = {k: self.rng.standard_normal(self.out_shapes[k])
+                         for k in self.float_outputs}
         self.numerical = {}  # (input, flat index) -> [∂L_k/∂x for each float output k]
 
     # ---- evaluating fn ------------------------------------------------------------------
@@ -125,8 +127,8 @@ class _Check:
             try:
                 out.backward(xp.asarray(upstream, dtype=out.dtype))
             except RuntimeError as err:
-                raise GradcheckError(f"gradcheck: backward of output {k} (shape {tuple(out.shape)}) "
-                                     f"raised: {err}") from err
+                raise GradcheckError(f"gradcheck: backward of output {k} (shape "
+                                     f"{tuple(out.shape)}) raised: {err}") from err
         grads = {}
         for i in self.checked:
             g = args[i].grad
@@ -225,7 +227,8 @@ class _Check:
             v /= np.linalg.norm(v)
             plus, minus = dict(self.base), dict(self.base)
             plus[i], minus[i] = self.base[i] + self.eps * v, self.base[i] - self.eps * v
-            numerical = float(self._losses(plus)[position] - self._losses(minus)[position]) / (2 * self.eps)
+            difference = self._losses(plus)[position] - self._losses(minus)[position]
+            numerical = float(difference) / (2 * self.eps)
             directional = float((analytical * v).sum())
             if abs(numerical - directional) <= self.atol + self.rtol * abs(numerical):
                 continue
@@ -235,7 +238,8 @@ class _Check:
                                       f"{d + 1} of {DIRECTIONS}", numerical, directional,
                                       self.atol, self.rtol, self.eps))
             self._check_elements(k, i, analytical, self._elements_to_localize(analytical),
-                                 every=analytical.size <= LOCALIZE_MAX_ELEMENTS, header=header + "\n")
+                                 every=analytical.size <= LOCALIZE_MAX_ELEMENTS,
+                                 header=header + "\n")
 
     def _elements_to_localize(self, analytical) -> list:
         """Which elements to check one by one after a directional failure: all of a

@@ -116,12 +116,15 @@ def normalizable_rows(*, min_dims: int = 2, max_dims: int = 3, max_side: int = 4
     ``d >= 2`` distinct values spread over ``[lo, hi]`` (drawn row by row), so every row's
     standard deviation is at least ``(hi − lo) / 8`` — far above any normalisation eps."""
     if min_features < 2:
-        raise ValueError("normalizable_rows: min_features must be at least 2 (use degenerate_rows for d=1)")
-    return _normalizable_rows(min_dims, max_dims, max_side, min_features, max_features, dtype, lo, hi)
+        raise ValueError("normalizable_rows: min_features must be at least 2 (use "
+                         "degenerate_rows for d=1)")
+    return _normalizable_rows(min_dims, max_dims, max_side, min_features, max_features, dtype,
+                              lo, hi)
 
 
 @st.composite
-def _normalizable_rows(draw, min_dims, max_dims, max_side, min_features, max_features, dtype, lo, hi):
+def _normalizable_rows(draw, min_dims, max_dims, max_side, min_features, max_features, dtype,
+                       lo, hi):
     d = draw(st.integers(min_features, max_features))
     shape = _row_shape(draw, min_dims, max_dims, max_side, d)
     rng = np.random.default_rng(draw(_seeds))
@@ -182,7 +185,8 @@ def attention_inputs(*, max_batch: int = 2, max_heads: int = 2, max_len: int = 4
     [-1, 1] so the scores stay away from softmax saturation; v in [-2, 2]."""
     unknown = set(mask_kinds) - set(MASK_KINDS)
     if unknown or not mask_kinds:
-        raise ValueError(f"attention_inputs: mask_kinds {tuple(mask_kinds)}; expected some of {MASK_KINDS}")
+        raise ValueError(f"attention_inputs: mask_kinds {tuple(mask_kinds)}; expected some "
+                         f"of {MASK_KINDS}")
     return _attention_inputs(max_batch, max_heads, max_len, max_embed, tuple(mask_kinds),
                              allow_fully_masked, dtype)
 
