@@ -58,10 +58,12 @@ def compare(ours, theirs, what):
             close(a, b, **TOL64, what=f"{what} dparam {i}")
 
 
-# (x shape, normalized_shape): all three dims, the last two, empty batches, an int, and one
-# input large enough to be cut into several blocks (so the threads take part).
+# (x shape, normalized_shape): all three dims, the last two, empty batches, normalized dims
+# of size 0 (rows of no elements: the rows are not x.size / n), an int, and one input large
+# enough to be cut into several blocks (so the threads take part).
 SHAPES = [((1, 2, 3), (1, 2, 3)), ((2, 2, 3), (2, 3)), ((0, 4), (4,)), ((0, 2, 3), (2, 3)),
-          ((4, 5), 5), ((3, 1), (1,)), ((700, 300), (300,))]
+          ((2, 3, 0), (0,)), ((2, 0, 3), (0, 3)), ((4, 5), 5), ((3, 1), (1,)),
+          ((700, 300), (300,))]
 AFFINE = [(True, True), (True, False), (False, True), (False, False)]
 
 

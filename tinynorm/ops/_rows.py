@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from math import prod
 from numbers import Integral
 
 from .. import backend
@@ -100,10 +101,14 @@ def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tup
     return shape
 
 
-def as_rows(x, n: int):
-    """x as a C-contiguous (rows, n) array: a view when x is contiguous, else a copy."""
+def as_rows(x, normalized_shape: tuple):
+    """x as a C-contiguous (rows, n) array, n the elements of the trailing
+    ``normalized_shape`` and rows the product of the dims before it: a view when x is
+    contiguous, else a copy. Both are counted from the shape, not as (-1, n): with n = 0
+    (a normalized dim of size 0, as ``LayerNorm(0)``) the size says nothing of rows."""
     xp = backend.array_module(x)
-    return xp.ascontiguousarray(x).reshape(-1, n)
+    rows = prod(x.shape[:x.ndim - len(normalized_shape)])
+    return xp.ascontiguousarray(x).reshape(rows, prod(normalized_shape))
 
 
 def row_dot(a, b):

@@ -41,7 +41,7 @@ class LayerNorm(Function):
         shape = check_norm_args("layer_norm", x, normalized_shape, weight, bias)
         xp = backend.array_module(x, weight, bias, op="layer_norm")
         n, eps = prod(shape), float(eps)
-        x_rows = as_rows(x, n)
+        x_rows = as_rows(x, shape)
         ctx.shape = shape
         if kernels.use_fused(x_rows):  # CUDA kernel: saves the same μ and r (its μ refined once)
             w, b = (None if p is None else p.reshape(n) for p in (weight, bias))
@@ -133,7 +133,7 @@ class LayerNorm(Function):
         need_x, _, need_gamma, need_beta, _ = ctx.needs_input_grad
         xp = backend.array_module(x_rows)
         rows, n = x_rows.shape
-        dy = as_rows(grad_out, n)  # read only: grad_out may be shared in the graph
+        dy = as_rows(grad_out, ctx.shape)  # read only: grad_out may be shared in the graph
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
             dx, dgamma, dbeta = kernels.layer_norm_backward(

@@ -37,7 +37,7 @@ class RMSNorm(Function):
         if eps is None:  # as PyTorch: the eps of the precision it computes in (float32 for float16)
             eps = xp.finfo(xp.promote_types(x.dtype, backend.float32)).eps
         eps = float(eps)
-        x_rows = as_rows(x, n)
+        x_rows = as_rows(x, shape)
         ctx.shape = shape
         if kernels.use_fused(x_rows):  # CUDA kernel: same maths, saves the same r
             w = None if weight is None else weight.reshape(n)
@@ -110,7 +110,7 @@ class RMSNorm(Function):
         need_x, _, need_gamma, _ = ctx.needs_input_grad
         xp = backend.array_module(x_rows)
         rows, n = x_rows.shape
-        dy = as_rows(grad_out, n)  # read only: grad_out may be shared in the graph
+        dy = as_rows(grad_out, ctx.shape)  # read only: grad_out may be shared in the graph
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
             dx, dgamma = kernels.rms_norm_backward(
