@@ -392,6 +392,9 @@ def test_integer_input_and_mixed_dtypes_name_the_dtypes():
         nn.RMSNorm(3)(tn.tensor(np.arange(6, dtype=np.int32).reshape(2, 3)))
     with pytest.raises(TypeError, match="weight has dtype float64.*float32"):
         F.layer_norm(tn.randn(2, 3), 3, tn.ones(3, dtype=tn.float64))
+    # PyTorch's rms_norm takes this pair (README, deliberate differences); tinynorm does not
+    with pytest.raises(TypeError, match="rms_norm: weight has dtype float32.*float64"):
+        F.rms_norm(tn.randn(2, 3, dtype=tn.float64), 3, tn.ones(3))
 
 
 # ---- memory, threads, no_grad ---------------------------------------------------------------
