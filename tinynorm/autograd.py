@@ -303,8 +303,8 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
             entry[1] = g if entry[1] is None else _array(entry[1] + g)
         if not isinstance(target, Tensor):
             slots = pending.setdefault(id(target.node), [None] * len(target.node.outputs))
-            held_g = slots[target.index]
-            slots[target.index] = g if held_g is None else _array(held_g + g)
+            earlier = slots[target.index]  # what other consumers sent this output so far
+            slots[target.index] = g if earlier is None else _array(earlier + g)
 
     deliver(tensor if tensor.grad_fn is None else Edge(tensor), gradient)
     for node in _topological_order(tensor.grad_fn) if tensor.grad_fn is not None else ():
