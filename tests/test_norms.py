@@ -208,6 +208,67 @@ def test_non_contiguous_input_and_non_leaf_gradient():
     close(x.grad, xt.grad.numpy(), **TOL64, what="dx through a transpose")
 
 
+@st.composite
+def norm_cases(draw):
+    """Anything either norm takes, float64: 1 to 4 dims of size 0 to 5 (empty batches and
+    normalized dims of size 0 included), the last 1 to ndim of them normalized; rows at three
+    scales around an offset; sometimes one NaN or ±inf; sometimes seen through a reversed,
+    non-contiguous view; each parameter given or not; LayerNorm's or RMSNorm's eps."""
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4)))
+    normalized = shape[len(shape) - draw(st.integers(1, len(shape))):]
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    x = (rng.standard_normal(shape) * draw(st.sampled_from([1e-3, 1.0, 50.0]))
+         + draw(st.sampled_from([0.0, 3.0])))
+    poison = draw(st.sampled_from([None, np.nan, np.inf, -np.inf]))
+    if poison is not None and x.size:
+        x.flat[draw(st.integers(0, x.size - 1))] = poison
+    params = [rng.standard_normal(normalized) if draw(st.booleans()) else None
+              for _ in range(2)]
+    return dict(x=x, normalized=normalized, params=params, upstream=rng.standard_normal(shape),
+                reversed=draw(st.booleans()), op=draw(st.sampled_from(["layer_norm", "rms_norm"])),
+                eps=draw(st.sampled_from([None, 1e-5, 0.1])))
+
+
+def run_case(lib, case, functional):
+    """(y, dx, dweight, dbias) of one drawn case in tinynorm or torch: x reversed along dim 0
+    (a non-contiguous view in both) when the case says so."""
+    x = case["x"][::-1].copy() if case["reversed"] else case["x"]
+    leaf = lib.tensor(x, requires_grad=True)
+    view = (leaf.flip(0) if lib is torch else leaf[::-1]) if case["reversed"] else leaf
+    weight, bias = (None if p is None else lib.tensor(p, requires_grad=True)
+                    for p in case["params"])
+    if case["op"] == "layer_norm":
+        y = functional.layer_norm(view, case["normalized"], weight, bias,
+                                  1e-5 if case["eps"] is None else case["eps"])
+    else:
+        bias = None
+        y = functional.rms_norm(view, case["normalized"], weight, case["eps"])
+    y.backward(lib.tensor(case["upstream"]))
+    grads = [leaf.grad] + [None if p is None else p.grad for p in (weight, bias)]
+    return [host(y.detach())] + [None if g is None else host(g) for g in grads]
+
+
+@pytest.mark.parametrize("fused", PATHS)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's, where NaN and inf spread
+@settings(max_examples=40)
+@given(case=norm_cases())
+def test_drawn_inputs_match_torch(fused, case):
+    """Hypothesis against PyTorch in float64, both ops, within 1e-10: outputs, dx, dγ and dβ
+    agree, NaN for NaN (a NaN or ±inf poisons its row, and the parameters' gradients, in
+    both). Where this draws a normalized dim of size 0, tinynorm once raised."""
+    with kernels.fused(fused):
+        ours = run_case(tn, case, F)
+    theirs = run_case(torch, case, torch.nn.functional)
+    for name, a, b in zip(("y", "dx", "dweight", "dbias"), ours, theirs):
+        if b is None:
+            assert a is None, name
+            continue
+        assert a.shape == b.shape, name
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=name)
+        close(np.nan_to_num(a, nan=0.0), np.nan_to_num(b, nan=0.0), **TOL64,
+              what=f"{case['op']} {case['x'].shape} over {case['normalized']}: {name}")
+
+
 # ---- numerics -------------------------------------------------------------------------------
 def layer_norm_float64(x, eps=1e-5):
     """The maths in float64 on the same values: two-pass variance."""
