@@ -107,6 +107,24 @@ def test_sdpa_broadcast_batch_dims_match_torch():
         close(ours.grad, theirs.grad)
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_sdpa_without_features_matches_torch(is_causal):
+    """q and k with E = 0 features: the default scale 1/√0 is inf in PyTorch and scales only
+    empty arrays, so Q Kᵀ = 0 and each query averages the values it may see; tinynorm once
+    raised ZeroDivisionError here."""
+    (q, tq), (k, tk), (v, tv) = (leaf_pair(rng.standard_normal(s)) for s in
+                                 [(2, 4, 0), (2, 4, 0), (2, 4, 3)])
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=is_causal)
+    close(out, t_out)
+    grad = rng.standard_normal(out.shape)
+    out.backward(grad)
+    t_out.backward(torch.tensor(grad))
+    for ours, theirs in ((q, tq), (k, tk), (v, tv)):
+        assert ours.grad.shape == tuple(theirs.shape)
+        close(ours.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("length, source", [(5, 5), (4, 6), (6, 3)])
 def test_sdpa_causal_three_ways_identical(length, source):
     """A causal mask as bool, as float −inf and as is_causal: the same outputs and grads, and

@@ -211,6 +211,20 @@ def test_embedding_gradcheck(rows, dim, idx, data):
     gradcheck(lambda w: F.embedding(indices, w), (tn.tensor(weight, requires_grad=True),))
 
 
+def test_embedding_with_no_features_matches_torch():
+    """An (8, 0) table: lookups of no numbers, and an (8, 0) gradient, as PyTorch; tinynorm
+    once failed to reshape the empty upstream gradient to (-1, 0)."""
+    idx = np.array([[1, 2], [2, 7]])
+    ws = tn.tensor(np.zeros((8, 0)), requires_grad=True)
+    out = F.embedding(tn.tensor(idx), ws)
+    out.backward(np.zeros((2, 2, 0)))
+    wt = torch.zeros((8, 0), dtype=torch.float64, requires_grad=True)
+    expected = torch.nn.functional.embedding(torch.tensor(idx), wt)
+    expected.backward(torch.zeros((2, 2, 0), dtype=torch.float64))
+    assert out.shape == tuple(expected.shape) == (2, 2, 0)
+    assert host(ws.grad).shape == tuple(wt.grad.shape) == (8, 0)
+
+
 def test_embedding_gradient_has_the_same_bits_on_every_run():
     """Thousands of lookups of a few rows, in float32, where the order of a sum shows in its
     last bits: two backward passes give identical gradients. On a GPU this is what the sorted

@@ -138,6 +138,10 @@ CASES = [
       [normal(4), normal(3, 4), normal(3)]),
     C("linear", "empty-rows", lambda lib, x, w, b: lib.nn.functional.linear(x, w, b),
       [normal(0, 4), normal(3, 4), normal(3)]),
+    C("linear", "no-in-features", lambda lib, x, w, b: lib.nn.functional.linear(x, w, b),
+      [normal(2, 5, 0), normal(3, 0), normal(3)]),
+    C("linear", "no-out-features", lambda lib, x, w, b: lib.nn.functional.linear(x, w, b),
+      [normal(5, 4), normal(0, 4), normal(0)]),
     # ---- pointwise ----
     C("tanh", "2d", lambda lib, x: lib.tanh(x), [scaled(2.0, 3, 4)]),
     C("tanh", "empty-method", lambda lib, x: x.tanh(), [normal(0, 3)]),

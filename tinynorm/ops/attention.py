@@ -170,7 +170,10 @@ class ScaledDotProductAttention(Function):
         if recompute is None:
             recompute = rebuilds_p(q, k, v)
         xp = backend.array_module(q, k, v, attn_mask)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        if scale is None:  # 1/√E; for E = 0, PyTorch's 1/√0 = inf, which then scales only
+            # q's and k's empty arrays: Q Kᵀ is 0 and P uniform, as PyTorch gives
+            scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else math.inf
+        scale = float(scale)
         length, source = q.shape[-2], k.shape[-2]
         if _is_causal_mask(attn_mask, length, source, xp):  # the same maths, fewer scores
             attn_mask, is_causal = None, True

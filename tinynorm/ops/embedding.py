@@ -36,7 +36,7 @@ class Embedding(Function):
         xp = backend.array_module(grad_out)
         dim = ctx.weight_shape[1]
         dweight = xp.zeros(ctx.weight_shape, dtype=grad_out.dtype)
-        scatter_add(dweight, indices.reshape(-1), grad_out.reshape(-1, dim))
+        scatter_add(dweight, indices.reshape(-1), grad_out.reshape(indices.size, dim))
         if ctx.padding_idx is not None:
             dweight[ctx.padding_idx] = 0
         return None, dweight, None

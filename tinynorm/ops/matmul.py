@@ -1,6 +1,8 @@
 """Matrix products: matmul (batched, broadcast) and linear (x @ Wᵀ + b)."""
 from __future__ import annotations
 
+from math import prod
+
 from .. import backend
 from ..autograd import Function
 from ._adjoint import broadcast_shape, unbroadcast
@@ -128,8 +130,9 @@ class Linear(Function):
                               weight if ctx.needs_input_grad[0] else None)
         # One 2-D product over all leading dims: NumPy runs (..., rows, in) @ (in, out) as a
         # loop of small products, 10-50x slower when the weight is a transposed view. Its
-        # rows are shared out over tinynorm's threads (see matmul_by_rows for why).
-        y = matmul_by_rows(x.reshape(-1, x.shape[-1]), weight.T, bias)
+        # rows are shared out over tinynorm's threads (see matmul_by_rows for why). Rows are
+        # counted from the shape: with in = 0 features x.size says nothing of them.
+        y = matmul_by_rows(x.reshape(prod(x.shape[:-1]), x.shape[-1]), weight.T, bias)
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -144,9 +147,10 @@ class Linear(Function):
         """
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        g2 = grad_out.reshape(-1, grad_out.shape[-1])
+        rows = prod(grad_out.shape[:-1])
+        g2 = grad_out.reshape(rows, grad_out.shape[-1])
         products = ([(g2, weight)] if need_x else []) + \
-            ([(g2.T, x.reshape(-1, x.shape[-1]))] if need_w else [])
+            ([(g2.T, x.reshape(rows, x.shape[-1]))] if need_w else [])
         results = iter(matmuls_by_rows(*products) if products else ())
         dx = next(results).reshape(*grad_out.shape[:-1], weight.shape[1]) if need_x else None
         dw = next(results) if need_w else None
