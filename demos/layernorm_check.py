@@ -4,9 +4,10 @@ The tutorial builds ``LayerNorm(d_model)`` (parameters ``gamma`` = 1, ``beta`` =
 x = randn(2, 10, 512) * 10 + 5 ("arbitrary mean and std") and prints the input's mean and
 std, the output's, and the per-example mean and std of the first batch element's ten rows,
 which "should be close to 0" and "close to 1". Here the class is ``tinynorm.models.LayerNorm``
-(the seed's class, whose forward is ``F.layer_norm``). Standard deviations are PyTorch's
-``std``: unbiased (divided by n − 1), so a perfectly normalised row of 512 shows
-√(512/511) ≈ 1.001, not 1. When PyTorch is installed, the seed's own PyTorch class runs on
+(the seed's class, whose forward is ``F.layer_norm``), and the statistics are the seed's own
+calls, ``x.mean()``, ``x.std()``, ``output[0].mean(dim=-1)``, ``output[0].std(dim=-1)``, on
+tinynorm Tensors. ``std`` is PyTorch's: unbiased (divided by n − 1), so a perfectly
+normalised row of 512 shows √(512/511) ≈ 1.001, not 1. When PyTorch is installed, the seed's own PyTorch class runs on
 the same input beside it, and the largest difference is printed.
 """
 from __future__ import annotations
@@ -42,14 +43,15 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     with C.setup(backend, seed):
         ln = LayerNorm(D_MODEL)
         x = tn.randn(BATCH, SEQ_LEN, D_MODEL) * 10 + 5  # arbitrary mean and std
-        output = ln(x)
+        output = ln(x).detach()
+        stats = {name: (float(t.mean()), float(t.std())) for name, t in
+                 (("input x", x), ("output", output))}
+        per_mean = tn.backend.to_numpy(output[0].mean(dim=-1).data)
+        per_std = tn.backend.to_numpy(output[0].std(dim=-1).data)
         x_np = tn.backend.to_numpy(x.data)
-        y_np = tn.backend.to_numpy(output.detach().data)
+        y_np = tn.backend.to_numpy(output.data)
 
-    per_mean = y_np[0].mean(axis=-1)  # output[0].mean(dim=-1)
-    per_std = y_np[0].std(axis=-1, ddof=1)  # output[0].std(dim=-1), unbiased as torch's
-    C.table([{"tensor": "input x", "mean": float(x_np.mean()), "std": float(x_np.std(ddof=1))},
-             {"tensor": "output", "mean": float(y_np.mean()), "std": float(y_np.std(ddof=1))}],
+    C.table([{"tensor": name, "mean": mean, "std": std} for name, (mean, std) in stats.items()],
             ["tensor", "mean", "std"],
             title=f"LayerNorm({D_MODEL}) on x of shape {x_np.shape}, x = randn * 10 + 5")
     C.table([{"row": i, "mean": float(m), "std": float(s)}
@@ -77,8 +79,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         f"per-row |mean| <= {worst_mean:.1e}, |std − 1| <= {worst_std:.1e} "
         f"(unbiased std; √(512/511) − 1 = {np.sqrt(512 / 511) - 1:.1e})",
     )
-    return {"input_mean": float(x_np.mean()), "input_std": float(x_np.std(ddof=1)),
-            "output_mean": float(y_np.mean()), "output_std": float(y_np.std(ddof=1)),
+    return {"input_mean": stats["input x"][0], "input_std": stats["input x"][1],
+            "output_mean": stats["output"][0], "output_std": stats["output"][1],
             "per_example_mean": per_mean.tolist(), "per_example_std": per_std.tolist(),
             "max_abs_row_mean": worst_mean, "max_abs_row_std_error": worst_std,
             "torch_max_abs_diff": torch_diff, "figures": figures, "verdict": line}

@@ -125,6 +125,17 @@ def reduction(draw, allow_empty):
 
 
 @st.composite
+def variance(draw):
+    """A reduction's arguments and a correction c below the reduced group's size n (at
+    n <= c the divisor is 0 and var is inf or NaN). Drawn values are distinct, so std > 0
+    wherever n >= 2; a single element has var = std = 0 for any move, gradient 0."""
+    x, dim, keepdim = draw(reduction(allow_empty=False))
+    axes = range(x.ndim) if dim is None else [dim] if isinstance(dim, int) else dim
+    n = math.prod(x.shape[a] for a in axes)
+    return x, dim, keepdim, draw(st.sampled_from([c for c in (0.0, 0.5, 1.0) if c < n]))
+
+
+@st.composite
 def reshapes(draw):
     """An array and a target shape with the same element count (one -1 sometimes)."""
     x = draw(values(shape(min_dims=0, min_side=1)))
@@ -290,6 +301,8 @@ CASES = [
     ("sum", lambda x, d, k: x.sum(d, k), reduction(allow_empty=True)),
     ("mean", lambda x, d, k: x.mean(d, k), reduction(allow_empty=False)),
     ("max", _amax, reduction(allow_empty=False)),
+    ("var", lambda x, d, k, c: x.var(d, keepdim=k, correction=c), variance()),
+    ("std", lambda x, d, k, c: x.std(d, keepdim=k, correction=c), variance()),
     ("reshape", lambda x, s: x.reshape(*s), reshapes()),
     ("view", lambda x, s: x.view(s), reshapes()),
     ("flatten", lambda x, a, b: x.flatten(a, b),

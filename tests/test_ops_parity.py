@@ -165,6 +165,18 @@ CASES = [
     C("sum", "empty-dim", lambda lib, x: x.sum(dim=1), [normal(2, 0, 3)]),
     C("sum", "0d", lambda lib, x: x.sum(), [normal()]),
     C("mean", "fn", lambda lib, x: lib.mean(x, 0), [normal(4, 2)]),
+    *[C(name, f"dim={dim}-keep={keep}", (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
+        [scaled(3.0, 2, 3, 4)])
+      for name in ("var", "std") for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+    *[C(name, "seed", (lambda n: lambda lib, x: getattr(x, n)(dim=-1, keepdim=True, unbiased=False))(name),
+        [fixed(np.linspace(-3.0, 3.0, 24).reshape(2, 3, 4) ** 3 + 1e3)])  # |μ| >> σ
+      for name in ("var", "std")],
+    C("var", "positional", lambda lib, x: x.var(0, False), [normal(5, 3)]),
+    C("var", "flag-alone", lambda lib, x: x.var(False), [normal(5, 3)]),
+    C("var", "correction", lambda lib, x: lib.var(x, (0, 1), correction=2.5), [normal(4, 3, 2)]),
+    C("std", "correction-0", lambda lib, x: lib.std(x, 1, correction=0), [normal(4, 3)]),
+    C("std", "constant-rows", lambda lib, x: x.std(dim=1), [fixed([[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])]),
+    C("std", "single", lambda lib, x: x.std(dim=0, unbiased=False), [normal(1, 3)]),
     *[C("max", f"dim={dim}-keep={keep}", (lambda d, k: lambda lib, x: amax(lib, x, d, k))(dim, keep),
         [normal(2, 3, 4)])
       for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],

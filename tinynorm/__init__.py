@@ -13,7 +13,7 @@ from .creation import (arange, as_tensor, empty, empty_like, full, full_like, on
                        rand, rand_like, randn, randn_like, tensor, zeros, zeros_like)
 from .ops import (abs, add, cat, chunk, div, exp, flatten, log, log_softmax, masked_fill,
                   matmul, max, mean, mul, neg, permute, pow, relu, reshape, softmax, split, sqrt,
-                  squeeze, stack, sub, sum, tanh, transpose, unsqueeze, where)
+                  squeeze, stack, std, sub, sum, tanh, transpose, unsqueeze, var, where)
 
 from . import nn  # noqa: E402  (nn builds on everything above)
 from . import optim  # noqa: E402

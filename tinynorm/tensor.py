@@ -231,6 +231,12 @@ class Tensor:
     def max(self, dim=None, keepdim: bool = False):
         return ops.max(self, dim, keepdim)
 
+    def var(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+        return ops.var(self, dim, unbiased, keepdim, correction=correction)
+
+    def std(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
+        return ops.std(self, dim, unbiased, keepdim, correction=correction)
+
     def exp(self):
         return ops.exp(self)
 

@@ -1,11 +1,11 @@
-"""Reductions: sum, mean, max (values)."""
+"""Reductions: sum, mean, max (values), var and std."""
 from __future__ import annotations
 
 import math
 
 from .. import backend
 from ..autograd import Function
-from ._adjoint import reduction_axes
+from ._adjoint import reduction_axes, require_float
 
 
 def _unreduce(grad_out, shape, axes):
@@ -74,6 +74,115 @@ class Max(Function):
         g = _unreduce(grad_out, ctx.shape, ctx.axes)
         count = is_max.sum(axis=ctx.axes, keepdims=True).astype(g.dtype)  # int64 would promote g
         return is_max * (g / count), None, None
+
+
+def _squeezed(y, axes, keepdim):
+    """y (reduced with keepdims) without the reduced axes unless ``keepdim``."""
+    return y if keepdim else y.reshape([n for i, n in enumerate(y.shape) if i not in axes])
+
+
+def _moments(op, x, dim, correction):
+    """(axes, μ, σ², D) over the reduced axes, all kept as size 1: μ the mean of their n
+    elements, D = max(n − c, 0) and σ² = Σ (x − μ)² / D. Two passes, μ first: never
+    Σx²/n − μ², which cancels when |μ| ≫ σ (see layer_norm). D = 0 gives inf, or NaN where
+    the sum is 0 (n = 1 with c = 1, or no elements), with NumPy's warning, as PyTorch's."""
+    require_float(op, x)
+    axes = reduction_axes(op, dim, x.ndim)
+    n = math.prod(x.shape[a] for a in axes)
+    divisor = n - correction if n > correction else 0.0
+    mean = x.sum(axis=axes, keepdims=True) / x.dtype.type(n)
+    deviation = x - mean
+    deviation *= deviation
+    return axes, mean, deviation.sum(axis=axes, keepdims=True) / x.dtype.type(divisor), divisor
+
+
+class Var(Function):
+    """y = Σ_{axes} (x − μ)² / D, μ the mean over the reduced axes (n elements), D = n − c
+    (at least 0), c the correction: 1 (Bessel's) by default, 0 with unbiased=False."""
+
+    @staticmethod
+    def forward(ctx, x, dim, correction, keepdim):
+        axes, mean, var, divisor = _moments("var", x, dim, correction)
+        ctx.axes, ctx.divisor = axes, divisor
+        ctx.save_for_backward(x, mean)
+        return _squeezed(var, axes, keepdim)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """Each x_k moves y directly and through μ (∂μ/∂x_k = 1/n):
+
+            ∂y/∂x_k = (2/D) Σ_j (x_j − μ)(δ_jk − 1/n) = 2(x_k − μ)/D,
+
+        the term through μ being −(2/(nD)) Σ_j (x_j − μ) = 0: deviations from the mean sum
+        to 0. So dx = grad_out · 2(x − μ)/D (inf or NaN where D = 0, as the output). Saves x
+        (the caller's array, no new memory) and μ, one number per reduced group; x − μ is
+        recomputed here rather than kept (n more numbers per group).
+        """
+        x, mean = ctx.saved_tensors
+        g = _unreduce(grad_out, x.shape, ctx.axes)
+        dx = x - mean
+        dx *= g * x.dtype.type(2.0 / ctx.divisor if ctx.divisor else math.inf)
+        return dx, None, None, None
+
+
+class Std(Function):
+    """s = √y, y the variance of ``Var`` (same μ, D and correction)."""
+
+    @staticmethod
+    def forward(ctx, x, dim, correction, keepdim):
+        axes, mean, var, divisor = _moments("std", x, dim, correction)
+        std = backend.array_module(x).sqrt(var)
+        ctx.axes, ctx.divisor = axes, divisor
+        ctx.save_for_backward(x, mean, std)
+        return _squeezed(std, axes, keepdim)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """ds = dy / (2s) by the chain rule through s = √y, with Var's ∂y/∂x_k:
+
+            ∂s/∂x_k = 2(x_k − μ)/D / (2s) = (x_k − μ) / (D·s).
+
+        Where s = 0 (every element of the group equal) √ has no derivative; the gradient
+        there is 0, as PyTorch takes it (x − μ is 0 too, and any other choice would move a
+        constant group apart). Saves x (no new memory), μ and s: two numbers per group.
+        """
+        x, mean, std = ctx.saved_tensors
+        xp = backend.array_module(x)
+        g = _unreduce(grad_out, x.shape, ctx.axes)
+        flat = std == 0
+        scale = xp.where(flat, 0, g / xp.where(flat, 1, std * x.dtype.type(ctx.divisor)))
+        dx = x - mean
+        dx *= scale
+        return dx, None, None, None
+
+
+def variance_args(op: str, dim, unbiased, correction) -> tuple:
+    """(dim, c) from PyTorch's three forms, ``var(dim, unbiased, keepdim)``,
+    ``var(dim, *, correction, keepdim)`` and ``var(unbiased)``: c = 1 unless unbiased=False
+    (c = 0) or a correction is given."""
+    if isinstance(dim, bool):  # var(False): the flag alone, in dim's place
+        if unbiased is not None:
+            raise TypeError(f"{op}: unbiased given twice ({dim} in dim's place and {unbiased})")
+        dim, unbiased = None, dim
+    if unbiased is not None and correction is not None:
+        raise TypeError(f"{op}: got unbiased={unbiased} and correction={correction}; give one "
+                        f"(unbiased=True is correction=1, False is 0)")
+    if correction is None:
+        correction = 0 if unbiased is False else 1
+    return dim, float(correction)
+
+
+def var(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """``torch.var``: the variance over ``dim`` (all dims if None) with Bessel's correction
+    unless ``unbiased=False`` or another ``correction`` is given."""
+    dim, correction = variance_args("var", dim, unbiased, correction)
+    return Var.apply(x, dim, correction, bool(keepdim))
+
+
+def std(x, dim=None, unbiased=None, keepdim=False, *, correction=None):
+    """``torch.std``: the square root of ``var`` with the same arguments."""
+    dim, correction = variance_args("std", dim, unbiased, correction)
+    return Std.apply(x, dim, correction, bool(keepdim))
 
 
 def sum(x, dim=None, keepdim=False):  # noqa: A001 — PyTorch's name
