@@ -111,7 +111,7 @@ def table(rows: list, columns: list, title: str | None = None) -> str:
     """Print and return a plain-text table; ``rows`` are dicts keyed by ``columns``."""
     cells = [[str(c) for c in columns]] + [[fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     text = "\n".join(([title] if title else []) + lines)
     print(text + "\n")
