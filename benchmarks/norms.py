@@ -4,6 +4,7 @@
     python benchmarks/norms.py --repeat 5   # quicker, noisier
     python benchmarks/norms.py --threads 1  # both libraries on one thread
     python benchmarks/norms.py --floor      # the bytes' floor against the kernels alone
+    python benchmarks/norms.py --composed   # the seed's composed LayerNorm against the op
 
 For x of shape (8192, 768) and (16384, 1024), normalised over the last dim with weight and
 bias (RMSNorm: weight), every contender of one shape runs once per repetition (in a random
@@ -46,15 +47,22 @@ KIB = 1024.0
 
 
 def tinynorm_saved_bytes(output, exclude) -> int:
-    """Bytes of the arrays the op's graph node saved, leaving out views of ``exclude``."""
+    """Bytes of the arrays saved by the graph that made ``output`` (every node, each array
+    counted once), leaving out views of ``exclude``."""
     def root(a):
         while getattr(a, "base", None) is not None:
             a = a.base
         return a
 
+    nodes, stack = {}, [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and id(node) not in nodes:
+            nodes[id(node)] = node
+            stack.extend(getattr(edge, "node", None) for edge in node.edges)
     excluded = {id(root(t.data)) for t in exclude}
-    saved = {id(root(a)): root(a).nbytes for a in output.grad_fn.saved_tensors
-             if a is not None and id(root(a)) not in excluded}
+    saved = {id(root(a)): root(a).nbytes for node in nodes.values()
+             for a in node.saved_tensors if a is not None and id(root(a)) not in excluded}
     return sum(saved.values())
 
 
@@ -142,6 +150,58 @@ def shape_rows(shape, repeat: int) -> list:
     return found
 
 
+def composed_layer_norm(lib, x, gamma, beta):
+    """The seed tutorial's from-scratch LayerNorm, its forward line for line, for ``lib``
+    torch or tinynorm alike (the same names): seven ops, each differentiated on its own."""
+    mean = x.mean(dim=-1, keepdim=True)
+    var = x.var(dim=-1, keepdim=True, unbiased=False)
+    x_norm = (x - mean) / lib.sqrt(var + EPS)
+    return gamma * x_norm + beta
+
+
+def composed_rows(shape, repeat: int) -> list:
+    """``--composed``: why LayerNorm is one Function. The seed's composed forward against
+    the fused op, in each library: forward+backward time, and what the graph keeps for
+    backward beyond x, γ and β (in x-sized arrays)."""
+    x, dy, w, b = inputs(shape)
+    t_leaves = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    n_leaves = [tn.tensor(a, requires_grad=True) for a in (x, w, b)]
+    forwards = {
+        "tinynorm F.layer_norm": lambda: tn.nn.functional.layer_norm(
+            n_leaves[0], (shape[1],), n_leaves[1], n_leaves[2], EPS),
+        "tinynorm, composed as the seed": lambda: composed_layer_norm(tn, *n_leaves),
+        "torch F.layer_norm": lambda: torch.nn.functional.layer_norm(
+            t_leaves[0], (shape[1],), t_leaves[1], t_leaves[2], EPS),
+        "torch, composed as the seed": lambda: composed_layer_norm(torch, *t_leaves),
+    }
+    grads = {"tinynorm": tn.tensor(dy), "torch": torch.from_numpy(dy)}
+
+    def step(name, forward):
+        leaves = t_leaves if name.startswith("torch") else n_leaves
+        grad = grads[name.split()[0].rstrip(",")]
+
+        def run():
+            for t in leaves:
+                t.grad = None
+            forward().backward(grad)
+        return run
+
+    t = interleaved({name: step(name, f) for name, f in forwards.items()}, repeat=repeat)
+    x_bytes = x.nbytes
+    found = []
+    for name, forward in forwards.items():
+        if name.startswith("torch"):
+            saved = torch_saved_bytes(forward, t_leaves)
+        else:
+            saved = tinynorm_saved_bytes(forward(), n_leaves)
+        fused = name.replace(", composed as the seed", " F.layer_norm")
+        found.append({"shape": f"{shape[0]}x{shape[1]}", "LayerNorm": name,
+                      "fwd+bwd ms": ms(t[name]), "/ fused": round(t[name] / t[fused], 2),
+                      "saved MiB": round(saved / KIB / KIB, 1),
+                      "saved / x": round(saved / x_bytes, 2)})
+    return found
+
+
 def floor_rows(shape, repeat: int) -> list:
     """``--floor``: the memory traffic a norm cannot avoid, against the norms' kernels alone.
 
@@ -209,6 +269,9 @@ def main() -> None:
     parser.add_argument("--floor", action="store_true",
                         help="instead of the table: the bytes' floor (a copy and an add of "
                              "x-sized arrays) against the norms' compiled kernels alone")
+    parser.add_argument("--composed", action="store_true",
+                        help="instead of the table: the seed's composed LayerNorm (mean, var, "
+                             "sqrt, ...) against the fused op, time and memory saved")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,6 +282,14 @@ def main() -> None:
               f"repetitions; / floor = kernels' time / (copy + add)")
         rows = [r for shape in SHAPES for r in floor_rows(shape, args.repeat)]
         print(table(rows, ["shape", "case", "ms", "torch ms", "/ floor"]))
+        return
+    if args.composed:
+        print(f"float32, forward+backward; threads: tinynorm {tn.ops.get_num_threads()}, torch "
+              f"{torch.get_num_threads()}; medians of {args.repeat} interleaved repetitions; "
+              f"saved = kept for backward beyond x, weight and bias")
+        rows = [r for shape in SHAPES for r in composed_rows(shape, args.repeat)]
+        print(table(rows, ["shape", "LayerNorm", "fwd+bwd ms", "/ fused", "saved MiB",
+                           "saved / x"]))
         return
     print(f"float32; torch {torch.__version__} with {torch.get_num_threads()} threads, tinynorm "
           f"with {tn.ops.get_num_threads()}; medians of {args.repeat} interleaved repetitions; "

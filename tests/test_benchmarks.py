@@ -32,3 +32,18 @@ def test_norms_floor_times_the_traffic_and_both_kernels(on_cpu):
     for case in ("LayerNorm kernels fwd+bwd", "RMSNorm kernels fwd+bwd"):
         assert by_case[case]["ms"] > 0 and by_case[case]["/ floor"] > 0
     assert "RMSNorm / LayerNorm kernels" in by_case
+
+
+def test_norms_composed_counts_what_each_chain_keeps(on_cpu):
+    """``--composed``: the seed's chain of ops against the fused op. Saved memory is counted
+    over the whole graph: tinynorm's chain keeps x̂ (its division saves its output), one
+    array of x's size; PyTorch's keeps x − μ and x̂, two (each chain also keeps a few
+    numbers per row, 3% of x at 64 features); the fused ops keep μ and r, 2 numbers a row."""
+    rows = norms.composed_rows((128, 64), repeat=1)
+    by_name = {r["LayerNorm"]: r for r in rows}
+    assert by_name["tinynorm, composed as the seed"]["saved / x"] == pytest.approx(1, abs=0.05)
+    assert by_name["torch, composed as the seed"]["saved / x"] == pytest.approx(2, abs=0.05)
+    for fused in ("tinynorm F.layer_norm", "torch F.layer_norm"):
+        assert by_name[fused]["/ fused"] == 1.0
+        assert by_name[fused]["saved / x"] == pytest.approx(2 / 64, abs=0.01)  # rounded
+    assert all(r["fwd+bwd ms"] > 0 for r in rows)
