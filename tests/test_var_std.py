@@ -93,6 +93,17 @@ def test_float32_keeps_float32_and_a_large_offset_is_harmless():
     assert np.abs(naive - want).max() > 0.1  # what the two passes avoid
 
 
+def test_float16_sums_in_float32_as_torch():
+    """5000 float16 values near 100: their sum, 5e5, is past float16's largest number
+    (65504), so summed in float16 the mean is inf; summed in float32, as PyTorch sums them,
+    var and std agree with PyTorch's to float16's rounding."""
+    x = (rng.standard_normal((4, 5000)) * 3 + 100).astype(np.float16)
+    for call in (lambda t: t.var(dim=1), lambda t: t.std(dim=1, unbiased=False)):
+        got, want = host(call(tn.tensor(x))), call(torch.from_numpy(x)).numpy()
+        assert got.dtype == np.float16
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-3)
+
+
 class SeedLayerNormInTinynorm(nn.Module):
     """The seed tutorial's from-scratch LayerNorm, its forward line for line with ``tn`` for
     ``torch``: mean, var(unbiased=False), sqrt, scale and shift, each a separate op."""

@@ -85,15 +85,19 @@ def _moments(op, x, dim, correction):
     """(axes, μ, σ², D) over the reduced axes, all kept as size 1: μ the mean of their n
     elements, D = max(n − c, 0) and σ² = Σ (x − μ)² / D. Two passes, μ first: never
     Σx²/n − μ², which cancels when |μ| ≫ σ (see layer_norm). D = 0 gives inf, or NaN where
-    the sum is 0 (n = 1 with c = 1, or no elements), with NumPy's warning, as PyTorch's."""
+    the sum is 0 (n = 1 with c = 1, or no elements), with NumPy's warning, as PyTorch's.
+    float16 sums in float32 (as PyTorch does on the CPU), then rounds back."""
     require_float(op, x)
+    xp = backend.array_module(x)
     axes = reduction_axes(op, dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes)
     divisor = n - correction if n > correction else 0.0
-    mean = x.sum(axis=axes, keepdims=True) / x.dtype.type(n)
+    sums = xp.promote_types(x.dtype, backend.float32)
+    mean = (x.sum(axis=axes, keepdims=True, dtype=sums) / n).astype(x.dtype, copy=False)
     deviation = x - mean
     deviation *= deviation
-    return axes, mean, deviation.sum(axis=axes, keepdims=True) / x.dtype.type(divisor), divisor
+    var = deviation.sum(axis=axes, keepdims=True, dtype=sums) / divisor
+    return axes, mean, var.astype(x.dtype, copy=False), divisor
 
 
 class Var(Function):
