@@ -82,6 +82,8 @@ def test_norm_speed(tmp_path):
     r = _run("norm_speed", tmp_path)
     assert all(v > 0 for v in r["ms"].values())
     assert ("tinynorm / forward" in r["speedup"]) and ("tinynorm / fwd+bwd" in r["speedup"])
+    for mode in ("forward", "fwd+bwd"):  # the seed's forwards, run on tinynorm's ops
+        assert f"tinynorm, seed's forwards / {mode}" in r["speedup"]
     stats = {row["norm"]: row for row in r["output_stats"]}
     assert abs(stats["LayerNorm"]["output mean"]) < 1e-5  # centred exactly, up to rounding
     assert abs(stats["RMSNorm"]["output mean"]) < 0.05  # not centred, but x is zero-mean
