@@ -36,8 +36,10 @@ import torch  # noqa: E402
 
 import tinynorm as tn  # noqa: E402
 from benchmarks.harness import interleaved, ms, table, torch_saved_bytes  # noqa: E402
+from demos._seed_torch import SeedLayerNorm  # noqa: E402  (the seed's PyTorch class)
 from tinynorm.kernels import cpu_norms  # noqa: E402
 from tinynorm.kernels._numba import available  # noqa: E402
+from tinynorm.models import ComposedLayerNorm, LayerNorm  # noqa: E402
 from tinynorm.ops import set_num_threads  # noqa: E402
 from tinynorm.ops._rows import for_each_block, kernel_blocks  # noqa: E402
 
@@ -150,55 +152,47 @@ def shape_rows(shape, repeat: int) -> list:
     return found
 
 
-def composed_layer_norm(lib, x, gamma, beta):
-    """The seed tutorial's from-scratch LayerNorm, its forward line for line, for ``lib``
-    torch or tinynorm alike (the same names): seven ops, each differentiated on its own."""
-    mean = x.mean(dim=-1, keepdim=True)
-    var = x.var(dim=-1, keepdim=True, unbiased=False)
-    x_norm = (x - mean) / lib.sqrt(var + EPS)
-    return gamma * x_norm + beta
-
-
 def composed_rows(shape, repeat: int) -> list:
-    """``--composed``: why LayerNorm is one Function. The seed's composed forward against
-    the fused op, in each library: forward+backward time, and what the graph keeps for
-    backward beyond x, γ and β (in x-sized arrays)."""
+    """``--composed``: why LayerNorm is one Function. The seed's LayerNorm forward, line for
+    line as a chain of ops (``tinynorm.models.ComposedLayerNorm``; in PyTorch the seed's own
+    class), against the fused op in each library: forward+backward time, and what the graph
+    keeps for backward beyond x, γ and β (in x-sized arrays)."""
     x, dy, w, b = inputs(shape)
-    t_leaves = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
-    n_leaves = [tn.tensor(a, requires_grad=True) for a in (x, w, b)]
-    forwards = {
-        "tinynorm F.layer_norm": lambda: tn.nn.functional.layer_norm(
-            n_leaves[0], (shape[1],), n_leaves[1], n_leaves[2], EPS),
-        "tinynorm, composed as the seed": lambda: composed_layer_norm(tn, *n_leaves),
-        "torch F.layer_norm": lambda: torch.nn.functional.layer_norm(
-            t_leaves[0], (shape[1],), t_leaves[1], t_leaves[2], EPS),
-        "torch, composed as the seed": lambda: composed_layer_norm(torch, *t_leaves),
-    }
-    grads = {"tinynorm": tn.tensor(dy), "torch": torch.from_numpy(dy)}
+    d = shape[1]
+    tn_fused, tn_chain = LayerNorm(d), ComposedLayerNorm(d)  # parameters gamma, beta
+    torch_fused, torch_chain = torch.nn.LayerNorm(d, eps=EPS), SeedLayerNorm(d, eps=EPS)
+    for norm in (tn_fused, tn_chain):
+        norm.load_state_dict({"gamma": w, "beta": b})
+    torch_fused.load_state_dict({"weight": torch.from_numpy(w), "bias": torch.from_numpy(b)})
+    torch_chain.load_state_dict({"gamma": torch.from_numpy(w), "beta": torch.from_numpy(b)})
+    tn_side = (tn.tensor(x, requires_grad=True), tn.tensor(dy))
+    torch_side = (torch.tensor(x, requires_grad=True), torch.from_numpy(dy))
+    # name: (norm, its library's (x, dy), the fused row it is compared with)
+    cases = {"tinynorm F.layer_norm": (tn_fused, tn_side, "tinynorm F.layer_norm"),
+             "tinynorm, composed as the seed": (tn_chain, tn_side, "tinynorm F.layer_norm"),
+             "torch F.layer_norm": (torch_fused, torch_side, "torch F.layer_norm"),
+             "torch, composed as the seed": (torch_chain, torch_side, "torch F.layer_norm")}
 
-    def step(name, forward):
-        leaves = t_leaves if name.startswith("torch") else n_leaves
-        grad = grads[name.split()[0].rstrip(",")]
-
+    def step(norm, side):
         def run():
-            for t in leaves:
-                t.grad = None
-            forward().backward(grad)
+            side[0].grad = None
+            norm.zero_grad()
+            norm(side[0]).backward(side[1])
         return run
 
-    t = interleaved({name: step(name, f) for name, f in forwards.items()}, repeat=repeat)
-    x_bytes = x.nbytes
+    t = interleaved({name: step(norm, side) for name, (norm, side, _) in cases.items()},
+                    repeat=repeat)
     found = []
-    for name, forward in forwards.items():
-        if name.startswith("torch"):
-            saved = torch_saved_bytes(forward, t_leaves)
+    for name, (norm, side, fused) in cases.items():
+        kept = (side[0], *norm.parameters())
+        if isinstance(norm, torch.nn.Module):
+            saved = torch_saved_bytes(lambda: norm(side[0]), kept)
         else:
-            saved = tinynorm_saved_bytes(forward(), n_leaves)
-        fused = name.replace(", composed as the seed", " F.layer_norm")
+            saved = tinynorm_saved_bytes(norm(side[0]), kept)
         found.append({"shape": f"{shape[0]}x{shape[1]}", "LayerNorm": name,
                       "fwd+bwd ms": ms(t[name]), "/ fused": round(t[name] / t[fused], 2),
                       "saved MiB": round(saved / KIB / KIB, 1),
-                      "saved / x": round(saved / x_bytes, 2)})
+                      "saved / x": round(saved / x.nbytes, 2)})
     return found
 
 

@@ -28,7 +28,8 @@ class SeedLayerNorm(nn.Module):
     def forward(self, x):
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+        x_norm = (x - mean) / torch.sqrt(var + self.eps)
+        return self.gamma * x_norm + self.beta
 
 
 class SeedRMSNorm(nn.Module):

@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import tinynorm as tn
-from tinynorm.models import LayerNorm, RMSNorm
+from tinynorm.models import ComposedLayerNorm, ComposedRMSNorm, LayerNorm, RMSNorm
 
 from . import _common as C
 
@@ -62,26 +62,10 @@ def output_stats(seed_ln, seed_rms) -> list:
     return rows
 
 
-def seed_layer_norm(x, gamma, beta, eps=1e-5):
-    """The seed's LayerNorm forward, line for line, on tinynorm's ops."""
-    mean = x.mean(dim=-1, keepdim=True)
-    var = x.var(dim=-1, keepdim=True, unbiased=False)
-    x_norm = (x - mean) / tn.sqrt(var + eps)
-    return gamma * x_norm + beta
-
-
-def seed_rms_norm(x, weight, eps=1e-5):
-    """The seed's RMSNorm forward, line for line, on tinynorm's ops."""
-    rms = tn.sqrt(tn.mean(x ** 2, dim=-1, keepdim=True) + eps)
-    x_norm = x / rms
-    return weight * x_norm
-
-
 def tinynorm_contenders(shape, composed: bool = True):
     """The fused ops' forward and fwd+bwd, and with ``composed`` the seed's forwards on
-    tinynorm's ops."""
+    tinynorm's ops (``ComposedLayerNorm``, ``ComposedRMSNorm``)."""
     d = shape[-1]
-    ln, rms = LayerNorm(d), RMSNorm(d)
     x = tn.randn(*shape)
     x_grad = tn.randn(*shape, requires_grad=True)
     upstream = tn.randn(*shape)
@@ -93,23 +77,14 @@ def tinynorm_contenders(shape, composed: bool = True):
             norm(x_grad).backward(upstream)
         return step
 
-    gamma, beta = tn.ones(d, requires_grad=True), tn.zeros(d, requires_grad=True)
-    chains = {"LayerNorm": lambda a: seed_layer_norm(a, gamma, beta),
-              "RMSNorm": lambda a: seed_rms_norm(a, gamma)} if composed else {}
-
-    def composed_fwd_bwd(norm):
-        def step():
-            x_grad.grad = gamma.grad = beta.grad = None
-            norm(x_grad).backward(upstream)
-        return step
-
-    found = {("tinynorm", "LayerNorm", "forward"): lambda: ln(x),
-             ("tinynorm", "RMSNorm", "forward"): lambda: rms(x),
-             ("tinynorm", "LayerNorm", "fwd+bwd"): fwd_bwd(ln),
-             ("tinynorm", "RMSNorm", "fwd+bwd"): fwd_bwd(rms)}
-    for name, norm in chains.items():
-        found[(COMPOSED, name, "forward")] = (lambda n: lambda: n(x))(norm)
-        found[(COMPOSED, name, "fwd+bwd")] = composed_fwd_bwd(norm)
+    libraries = {"tinynorm": (LayerNorm(d), RMSNorm(d))}
+    if composed:
+        libraries[COMPOSED] = (ComposedLayerNorm(d), ComposedRMSNorm(d))
+    found = {}
+    for library, norms in libraries.items():
+        for name, norm in zip(("LayerNorm", "RMSNorm"), norms):
+            found[(library, name, "forward")] = (lambda m: lambda: m(x))(norm)
+            found[(library, name, "fwd+bwd")] = fwd_bwd(norm)
     return found
 
 

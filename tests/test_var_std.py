@@ -1,5 +1,6 @@
 """var and std: the cases the parity table (test_ops_parity.py) cannot hold, because their
-results are NaN or inf, and the seed's from-scratch LayerNorm, written with them in tinynorm.
+results are NaN or inf, and the seed's from-scratch LayerNorm, written with them in tinynorm
+(``tinynorm.models.ComposedLayerNorm``).
 
 Gradients of var and std are checked by Hypothesis in test_ops_gradcheck.py and against
 PyTorch in test_ops_parity.py, in float64 and float32."""
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import tinynorm as tn
-from tinynorm import nn
+from tinynorm.models import ComposedLayerNorm
 from tinynorm.testing.compare import to_host as host
 
 from torch_pairs import close
@@ -104,28 +105,13 @@ def test_float16_sums_in_float32_as_torch():
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-3)
 
 
-class SeedLayerNormInTinynorm(nn.Module):
-    """The seed tutorial's from-scratch LayerNorm, its forward line for line with ``tn`` for
-    ``torch``: mean, var(unbiased=False), sqrt, scale and shift, each a separate op."""
-
-    def __init__(self, d_model, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-        self.gamma = nn.Parameter(tn.ones(d_model, dtype=tn.float64))
-        self.beta = nn.Parameter(tn.zeros(d_model, dtype=tn.float64))
-
-    def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        x_norm = (x - mean) / tn.sqrt(var + self.eps)
-        return self.gamma * x_norm + self.beta
-
-
 def test_the_seeds_composed_layer_norm_matches_the_fused_op():
-    """Written as the seed writes it, the composed LayerNorm gives F.layer_norm's output and
-    gradients (x, γ, β) to 1e-12: the hand-derived backward and the chain of simple ops
-    agree. The seed's check prints std() of the output, which is 1 up to Bessel's factor."""
-    composed = SeedLayerNormInTinynorm(16)
+    """Written as the seed writes it (``tinynorm.models.ComposedLayerNorm``: mean,
+    var(unbiased=False), sqrt, scale and shift, each a separate op), the composed LayerNorm
+    gives F.layer_norm's output and gradients (x, γ, β) to 1e-12: the hand-derived backward
+    and the chain of simple ops agree. The seed's check prints std() of the output, which is
+    1 up to Bessel's factor."""
+    composed = ComposedLayerNorm(16).double()
     with tn.no_grad():
         composed.gamma.data[:] = rng.standard_normal(16)
         composed.beta.data[:] = rng.standard_normal(16)

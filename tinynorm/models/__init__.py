@@ -10,10 +10,11 @@ from .blocks import (ModernTransformerBlock, PostNormTransformerBlock, PreNormTr
                      Transformer, TransformerBlockWithResiduals)
 from .deep import DeepNetworkWithoutResiduals, DeepNetworkWithResiduals
 from .lm import CausalLM, deepnorm_alpha, deepnorm_beta
-from .norms import LayerNorm, RMSNorm
+from .norms import ComposedLayerNorm, ComposedRMSNorm, LayerNorm, RMSNorm
 
 __all__ = [
     "DeepNetworkWithoutResiduals", "DeepNetworkWithResiduals", "LayerNorm", "RMSNorm",
+    "ComposedLayerNorm", "ComposedRMSNorm",
     "TransformerBlockWithResiduals", "PostNormTransformerBlock", "PreNormTransformerBlock",
     "ModernTransformerBlock", "Transformer", "CausalLM", "deepnorm_alpha", "deepnorm_beta",
 ]

@@ -13,6 +13,11 @@ def _unreduce(grad_out, shape, axes):
     return grad_out.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
 
 
+def _squeezed(y, axes, keepdim):
+    """y (reduced with keepdims) without the reduced axes unless ``keepdim``."""
+    return y if keepdim else y.reshape([n for i, n in enumerate(y.shape) if i not in axes])
+
+
 def _broadcast(g, shape):
     """A read-only broadcast view; the engine copies it if it lands on a leaf's .grad."""
     return backend.array_module(g).broadcast_to(g, shape)
@@ -63,7 +68,7 @@ class Max(Function):
         ctx.axes, ctx.shape = axes, x.shape
         if ctx.recording:  # the mask is for backward alone
             ctx.save_for_backward(x == y)
-        return y if keepdim else y.reshape([n for i, n in enumerate(y.shape) if i not in axes])
+        return _squeezed(y, axes, keepdim)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -74,11 +79,6 @@ class Max(Function):
         g = _unreduce(grad_out, ctx.shape, ctx.axes)
         count = is_max.sum(axis=ctx.axes, keepdims=True).astype(g.dtype)  # int64 would promote g
         return is_max * (g / count), None, None
-
-
-def _squeezed(y, axes, keepdim):
-    """y (reduced with keepdims) without the reduced axes unless ``keepdim``."""
-    return y if keepdim else y.reshape([n for i, n in enumerate(y.shape) if i not in axes])
 
 
 def _moments(op, x, dim, correction):
