@@ -5,13 +5,13 @@ row (the trailing ``normalized_shape`` dims, n elements) is centred and scaled t
 variance, then scaled by γ (``weight``) and shifted by β (``bias``).
 
 One Function rather than a composition of mean, var, sub, sqrt, div, mul and add. Composed
-as the seed writes it, autograd keeps arrays the size of x for the products' backward (x̂ in
-tinynorm, whose div saves its output; x − μ and x̂ in PyTorch), and every op sweeps the whole
-array, forward and backward: about ten times the fused op's time at (8192, 768) in both
-libraries (``python benchmarks/norms.py --composed``). Fused, backward needs x and two
-numbers per row, and both passes walk x in cache-sized blocks on a few threads (see
-``_rows``). Where numba is installed, each pass is instead one compiled
-loop over the rows (``kernels.cpu_norms``), on the same threads.
+as the seed writes it (``models.ComposedLayerNorm``), autograd keeps arrays the size of x
+for the products' backward (x̂ in tinynorm, whose div saves its output; x − μ and x̂ in
+PyTorch), and every op sweeps the whole array, forward and backward: eight to twelve times
+the fused op's time at (8192, 768) in the two libraries (``python benchmarks/norms.py
+--composed``). Fused, backward needs x and two numbers per row, and both passes walk x in
+cache-sized blocks on a few threads (see ``_rows``). Where numba is installed, each pass is
+instead one compiled loop over the rows (``kernels.cpu_norms``), on the same threads.
 """
 from __future__ import annotations
 
