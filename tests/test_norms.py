@@ -446,6 +446,22 @@ def test_normalized_shape_mismatch_names_both_shapes():
         F.layer_norm(x, ())
 
 
+@pytest.mark.parametrize("bad", [2.5, (4, 2.0), "4", None])
+def test_normalized_shape_that_is_not_ints_is_refused_not_truncated(bad):
+    """int() would turn (4, 2.0) into (4, 2) and "4" into (4,); the error names what was given."""
+    with pytest.raises(TypeError, match=r"LayerNorm: normalized_shape must be an int or a "):
+        nn.LayerNorm(bad)
+    with pytest.raises(TypeError, match=r"rms_norm: normalized_shape must be .*got"):
+        F.rms_norm(tn.randn(2, 4), bad)
+
+
+def test_negative_normalized_shape_names_the_op():
+    with pytest.raises(ValueError, match=r"RMSNorm: normalized_shape \(3, -1\) has a negative"):
+        nn.RMSNorm((3, -1))
+    with pytest.raises(ValueError, match=r"LayerNorm: normalized_shape \(-4,\) has a negative"):
+        nn.LayerNorm(-4)
+
+
 def test_integer_input_and_mixed_dtypes_name_the_dtypes():
     with pytest.raises(TypeError, match="layer_norm.*int64"):
         F.layer_norm(tn.tensor(np.arange(6).reshape(2, 3)), 3)

@@ -71,12 +71,25 @@ def set_num_threads(n: int) -> None:
 
 # ---- argument checks --------------------------------------------------------------------
 def as_normalized_shape(op: str, normalized_shape) -> tuple:
-    """``normalized_shape`` (an int or a sequence of ints) as a tuple of at least one dim."""
-    shape = (int(normalized_shape),) if isinstance(normalized_shape, Integral) else tuple(
-        int(s) for s in normalized_shape)
+    """``normalized_shape`` (an int or a sequence of ints) as a tuple of at least one dim.
+
+    Each dim must be a non-negative integer: a float, a string or a negative size is an
+    error naming the op, not a silent ``int()`` truncation or NumPy's "negative dimensions".
+    """
+    dims = (normalized_shape,) if isinstance(normalized_shape, Integral) else normalized_shape
+    try:
+        shape = tuple(dims)
+    except TypeError:
+        shape = None
+    if (shape is None or isinstance(normalized_shape, (str, bytes))
+            or not all(isinstance(s, Integral) for s in shape)):
+        raise TypeError(f"{op}: normalized_shape must be an int or a sequence of ints, "
+                        f"got {normalized_shape!r}")
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{op}: normalized_shape {shape} has a negative dim; expected sizes >= 0")
     if not shape:
         raise ValueError(f"{op}: normalized_shape must have at least one dim, got ()")
-    return shape
+    return tuple(int(s) for s in shape)
 
 
 def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tuple:
