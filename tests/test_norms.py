@@ -462,6 +462,19 @@ def test_negative_normalized_shape_names_the_op():
         nn.LayerNorm(-4)
 
 
+def test_a_torch_tensor_or_a_list_is_refused_by_name():
+    """A PyTorch user's likeliest slip: a torch tensor given to tinynorm. It used to fail deep
+    in NumPy ("Cannot interpret 'torch.float32' as a data type"); a list failed on .ndim."""
+    with pytest.raises(TypeError, match=r"rms_norm: input must be a .*torch\.Tensor"):
+        F.rms_norm(torch.ones(2, 3), 3)
+    with pytest.raises(TypeError, match=r"layer_norm: input must be .*got builtins\.list"):
+        nn.LayerNorm(2)([[1.0, 2.0]])
+    with pytest.raises(TypeError, match=r"layer_norm: weight must be .*torch\.Tensor"):
+        F.layer_norm(tn.ones(2, 3), 3, torch.ones(3, dtype=torch.float32))
+    with pytest.raises(TypeError, match=r"layer_norm: bias must be .*builtins\.float"):
+        F.layer_norm(tn.ones(2, 3), 3, None, 0.5)
+
+
 def test_integer_input_and_mixed_dtypes_name_the_dtypes():
     with pytest.raises(TypeError, match="layer_norm.*int64"):
         F.layer_norm(tn.tensor(np.arange(6).reshape(2, 3)), 3)

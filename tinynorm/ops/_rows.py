@@ -98,6 +98,10 @@ def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tup
     Errors name the op and both shapes (or the dtypes), as PyTorch's do.
     """
     shape = as_normalized_shape(op, normalized_shape)
+    for name, a in (("input", x), ("weight", weight), ("bias", bias)):
+        if a is not None and not backend.is_array(a):
+            raise TypeError(f"{op}: {name} must be a tinynorm Tensor (or a NumPy/CuPy array), "
+                            f"got {type(a).__module__}.{type(a).__qualname__}")
     require_float(op, x)
     if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"{op}: input of shape {tuple(x.shape)} does not end in normalized_shape "
