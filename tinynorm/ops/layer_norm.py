@@ -15,12 +15,11 @@ instead one compiled loop over the rows (``kernels.cpu_norms``), on the same thr
 """
 from __future__ import annotations
 
-from math import prod
-
 from .. import backend, kernels
 from ..autograd import Function
 from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
-                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot)
+                    compute_dtype, for_each_block, kernel_blocks, outer, outer_factor,
+                    row_blocks, row_dot, widened)
 
 
 class LayerNorm(Function):
@@ -43,42 +42,45 @@ class LayerNorm(Function):
     def forward(ctx, x, normalized_shape, weight, bias, eps):
         shape = check_norm_args("layer_norm", x, normalized_shape, weight, bias)
         xp = backend.array_module(x, weight, bias, op="layer_norm")
-        n, eps = prod(shape), float(eps)
         x_rows = as_rows(x, shape)
         ctx.shape = shape
-        if kernels.use_fused(x_rows):  # CUDA kernel: saves the same μ and r (its μ refined once)
+        # float16 is computed in float32 (see compute_dtype); μ and r stay in float32
+        y, mean, rstd = LayerNorm.normalize(
+            xp, *widened(compute_dtype(x.dtype), x_rows, weight, bias), float(eps))
+        ctx.save_for_backward(x_rows, weight, mean, rstd)
+        return y.reshape(x.shape).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def normalize(xp, x_rows, weight, bias, eps: float):
+        """y (as x_rows: rows × n), μ and r, from x_rows, γ and β all in one dtype."""
+        (rows, n), dtype = x_rows.shape, x_rows.dtype
+        if kernels.use_fused(x_rows):  # CUDA kernel: the same μ and r (its μ refined once)
             w, b = (None if p is None else p.reshape(n) for p in (weight, bias))
-            y, mean, rstd = kernels.layer_norm_forward(x_rows, w, b, eps)
-            ctx.save_for_backward(x_rows, weight, mean, rstd)
-            return y.reshape(x.shape)
-        rows = x_rows.shape[0]
+            return kernels.layer_norm_forward(x_rows, w, b, eps)
         if kernels.use_cpu_kernels(x_rows, weight, bias):  # compiled CPU kernel: the same μ, r
-            w = xp.ones(n, dtype=x.dtype) if weight is None else weight.reshape(n)
-            b = xp.zeros(n, dtype=x.dtype) if bias is None else bias.reshape(n)
-            y = xp.empty(x.shape, dtype=x.dtype)
-            y_rows = y.reshape(rows, n)
-            mean, rstd = xp.empty(rows, dtype=x.dtype), xp.empty(rows, dtype=x.dtype)
+            w = xp.ones(n, dtype=dtype) if weight is None else weight.reshape(n)
+            b = xp.zeros(n, dtype=dtype) if bias is None else bias.reshape(n)
+            y_rows = xp.empty((rows, n), dtype=dtype)
+            mean, rstd = xp.empty(rows, dtype=dtype), xp.empty(rows, dtype=dtype)
 
             def normalize_compiled(k, rows_k):
                 kernels.cpu_norms.layer_norm_forward(x_rows, w, b, eps, rows_k.start, rows_k.stop,
                                                      y_rows, mean, rstd)
 
             for_each_block(kernel_blocks(rows, n), normalize_compiled, rows * n)
-            ctx.save_for_backward(x_rows, weight, mean, rstd)
-            return y
-        on_cpu = backend.device_of(x) == "cpu"
+            return y_rows, mean, rstd
+        on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu)
         step = blocks[0][1].stop if blocks else 0
         gamma = None if weight is None else outer_factor(weight.reshape(n))
         beta = None if bias is None else as_block_rows(bias.reshape(n), step, on_cpu)
-        ones = xp.ones(n, dtype=x.dtype)
+        ones = xp.ones(n, dtype=dtype)
 
-        y = xp.empty(x.shape, dtype=x.dtype)  # our own array: the steps below write into it
-        y_rows = y.reshape(rows, n)
-        mean = xp.zeros(rows, dtype=x.dtype)
-        rstd = xp.zeros(rows, dtype=x.dtype)
+        y_rows = xp.empty((rows, n), dtype=dtype)  # our own array: the steps below write into it
+        mean = xp.zeros(rows, dtype=dtype)
+        rstd = xp.zeros(rows, dtype=dtype)
 
-        def normalize(k, rows_k):
+        def normalize_block(k, rows_k):
             x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             m = y_k.shape[0]
             mu = row_dot(x_k, ones) / n
@@ -93,9 +95,8 @@ class LayerNorm(Function):
             mean[rows_k], rstd[rows_k] = mu, r
 
         if x_rows.size:
-            for_each_block(blocks, normalize, rows * n)
-        ctx.save_for_backward(x_rows, weight, mean, rstd)
-        return y
+            for_each_block(blocks, normalize_block, rows * n)
+        return y_rows, mean, rstd
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -131,25 +132,40 @@ class LayerNorm(Function):
 
         Each block's column sums for dγ and dβ go to their own float64 row, added in block
         order at the end: accurate over 10^5 rows, and the same bits for any thread count.
+
+        float16 is computed in float32, as in PyTorch (``compute_dtype``): μ and r are saved
+        in float32 (still 8 bytes a row), and these lines run on float32 copies of x, dy and
+        γ, made here and freed on return; each gradient rounds to float16 once, at the end.
         """
         x_rows, weight, mean, rstd = ctx.saved_tensors
-        need_x, _, need_gamma, need_beta, _ = ctx.needs_input_grad
-        xp = backend.array_module(x_rows)
-        rows, n = x_rows.shape
         dy = as_rows(grad_out, ctx.shape)  # read only: grad_out may be shared in the graph
+        # float16: x, dy and γ in float32, as μ and r are; each gradient rounds once at the end
+        dx, dgamma, dbeta = LayerNorm.gradients(
+            backend.array_module(x_rows), *widened(mean.dtype, dy, x_rows, weight), mean, rstd,
+            grad_out.shape, ctx.needs_input_grad)
+        dtype, shape = x_rows.dtype, ctx.shape
+        return (None if dx is None else dx.astype(dtype, copy=False), None,
+                None if dgamma is None else dgamma.reshape(shape).astype(dtype, copy=False),
+                None if dbeta is None else dbeta.reshape(shape).astype(dtype, copy=False), None)
+
+    @staticmethod
+    def gradients(xp, dy, x_rows, weight, mean, rstd, dx_shape, needs_input_grad):
+        """dx (in ``dx_shape``, grad_out's), dγ and dβ (flat, n), each None where not needed,
+        from arrays all in one dtype: ``backward``'s lines."""
+        need_x, _, need_gamma, need_beta, _ = needs_input_grad
+        (rows, n), dtype = x_rows.shape, x_rows.dtype
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
             dx, dgamma, dbeta = kernels.layer_norm_backward(
                 dy, x_rows, w, mean, rstd, need_param_grads=need_gamma or need_beta,
-                dx_shape=grad_out.shape)  # dx its own array, not a view: no copy as a .grad
-            return (dx if need_x else None, None,
-                    dgamma.reshape(ctx.shape) if need_gamma else None,
-                    dbeta.reshape(ctx.shape) if need_beta else None, None)
+                dx_shape=dx_shape)  # dx its own array, not a view: no copy as a .grad
+            return (dx if need_x else None, dgamma if need_gamma else None,
+                    dbeta if need_beta else None)
         if kernels.use_cpu_kernels(dy, x_rows, weight, mean, rstd):  # compiled CPU kernel
             blocks = kernel_blocks(rows, n)
-            w = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+            w = xp.ones(n, dtype=dtype) if weight is None else weight.reshape(n)
             # dx as on the reference path: grad_out's shape, a fresh array; (0, n) if unused
-            dx = xp.empty(grad_out.shape if need_x else (0, n), dtype=x_rows.dtype)
+            dx = xp.empty(dx_shape if need_x else (0, n), dtype=dtype)
             dx_rows = dx.reshape(-1, n)
             dgamma_parts, dbeta_parts = (column_parts(blocks, n, xp, True) for _ in range(2))
 
@@ -160,18 +176,17 @@ class LayerNorm(Function):
                     need_x, need_gamma or need_beta)
 
             for_each_block(blocks, backward_compiled, rows * n)
-            return (dx if need_x else None, None,
-                    column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
-                    column_total(dbeta_parts if need_beta else None, ctx.shape, x_rows.dtype),
-                    None)
+            return (dx if need_x else None,
+                    column_total(dgamma_parts if need_gamma else None, n, dtype),
+                    column_total(dbeta_parts if need_beta else None, n, dtype))
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
-        ones = xp.ones(n, dtype=x_rows.dtype)
+        ones = xp.ones(n, dtype=dtype)
         gamma = ones if weight is None else weight.reshape(n)
         gamma_factor = outer_factor(gamma)
 
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
-        dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
+        dx = xp.empty(dx_shape, dtype=dtype) if need_x else None
         dx_rows = dx.reshape(rows, n) if need_x else None
         dgamma_parts = column_parts(blocks, n, xp, need_gamma)
         dbeta_parts = column_parts(blocks, n, xp, need_beta)
@@ -198,8 +213,7 @@ class LayerNorm(Function):
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)
 
         for_each_block(blocks, backward_block, rows * n)
-        return (dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype),
-                column_total(dbeta_parts, ctx.shape, x_rows.dtype), None)
+        return dx, column_total(dgamma_parts, n, dtype), column_total(dbeta_parts, n, dtype)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):

@@ -13,12 +13,11 @@ is one compiled loop over the rows (``kernels.cpu_norms``), as for LayerNorm.
 """
 from __future__ import annotations
 
-from math import prod
-
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block,
-                    kernel_blocks, outer, outer_factor, row_blocks, row_dot)
+from ._rows import (as_rows, check_norm_args, column_parts, column_total, compute_dtype,
+                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot,
+                    widened)
 
 
 class RMSNorm(Function):
@@ -33,39 +32,40 @@ class RMSNorm(Function):
     def forward(ctx, x, normalized_shape, weight, eps):
         shape = check_norm_args("rms_norm", x, normalized_shape, weight)
         xp = backend.array_module(x, weight, op="rms_norm")
-        n = prod(shape)
+        dtype = compute_dtype(x.dtype)  # float16 is computed in float32; r stays in float32
         if eps is None:  # as PyTorch: the eps of the precision it computes in (float32 for float16)
-            eps = xp.finfo(xp.promote_types(x.dtype, backend.float32)).eps
-        eps = float(eps)
+            eps = xp.finfo(dtype).eps
         x_rows = as_rows(x, shape)
         ctx.shape = shape
-        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, saves the same r
+        y, rstd = RMSNorm.normalize(xp, *widened(dtype, x_rows, weight), float(eps))
+        ctx.save_for_backward(x_rows, weight, rstd)
+        return y.reshape(x.shape).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def normalize(xp, x_rows, weight, eps: float):
+        """y (as x_rows: rows × n) and r, from x_rows and γ in one dtype."""
+        (rows, n), dtype = x_rows.shape, x_rows.dtype
+        if kernels.use_fused(x_rows):  # CUDA kernel: same maths, the same r
             w = None if weight is None else weight.reshape(n)
-            y, rstd = kernels.rms_norm_forward(x_rows, w, eps)
-            ctx.save_for_backward(x_rows, weight, rstd)
-            return y.reshape(x.shape)
-        rows = x_rows.shape[0]
+            return kernels.rms_norm_forward(x_rows, w, eps)
         if kernels.use_cpu_kernels(x_rows, weight):  # compiled CPU kernel: the same r
-            w = xp.ones(n, dtype=x.dtype) if weight is None else weight.reshape(n)
-            y, rstd = xp.empty(x.shape, dtype=x.dtype), xp.empty(rows, dtype=x.dtype)
-            y_rows = y.reshape(rows, n)
+            w = xp.ones(n, dtype=dtype) if weight is None else weight.reshape(n)
+            y_rows, rstd = xp.empty((rows, n), dtype=dtype), xp.empty(rows, dtype=dtype)
 
             def normalize_compiled(k, rows_k):
                 kernels.cpu_norms.rms_norm_forward(x_rows, w, eps, rows_k.start, rows_k.stop,
                                                    y_rows, rstd)
 
             for_each_block(kernel_blocks(rows, n), normalize_compiled, rows * n)
-            ctx.save_for_backward(x_rows, weight, rstd)
-            return y
-        on_cpu = backend.device_of(x) == "cpu"
+            return y_rows, rstd
+        on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu)
         gamma = None if weight is None else outer_factor(weight.reshape(n))
 
-        y = xp.empty(x.shape, dtype=x.dtype)  # our own array: written in place below
-        y_rows = y.reshape(rows, n)
-        rstd = xp.zeros(rows, dtype=x.dtype)
+        y_rows = xp.empty((rows, n), dtype=dtype)  # our own array: written in place below
+        rstd = xp.zeros(rows, dtype=dtype)
 
-        def normalize(k, rows_k):
+        def normalize_block(k, rows_k):
             x_k, y_k = x_rows[rows_k], y_rows[rows_k]
             r = 1 / xp.sqrt(row_dot(x_k, x_k) / n + eps)
             if gamma is None:
@@ -75,9 +75,8 @@ class RMSNorm(Function):
             rstd[rows_k] = r
 
         if x_rows.size:
-            for_each_block(blocks, normalize, rows * n)
-        ctx.save_for_backward(x_rows, weight, rstd)
-        return y
+            for_each_block(blocks, normalize_block, rows * n)
+        return y_rows, rstd
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -105,43 +104,57 @@ class RMSNorm(Function):
         Saved: x (the caller's array, a view unless x was not contiguous), γ, and r, one
         number per row: 4 bytes a row in float32 beyond x. dγ's block sums are added in
         float64, in block order.
+
+        float16 is computed in float32, as in LayerNorm: r is saved in float32, and these
+        lines run on float32 copies of x, dy and γ, made here and freed on return; each
+        gradient rounds to float16 once, at the end.
         """
         x_rows, weight, rstd = ctx.saved_tensors
-        need_x, _, need_gamma, _ = ctx.needs_input_grad
-        xp = backend.array_module(x_rows)
-        rows, n = x_rows.shape
         dy = as_rows(grad_out, ctx.shape)  # read only: grad_out may be shared in the graph
+        # float16: x, dy and γ in float32, as r is; each gradient rounds once at the end
+        dx, dgamma = RMSNorm.gradients(
+            backend.array_module(x_rows), *widened(rstd.dtype, dy, x_rows, weight), rstd,
+            grad_out.shape, ctx.needs_input_grad)
+        dtype = x_rows.dtype
+        return (None if dx is None else dx.astype(dtype, copy=False), None,
+                None if dgamma is None else dgamma.reshape(ctx.shape).astype(dtype, copy=False),
+                None)
+
+    @staticmethod
+    def gradients(xp, dy, x_rows, weight, rstd, dx_shape, needs_input_grad):
+        """dx (in ``dx_shape``, grad_out's) and dγ (flat, n), each None where not needed,
+        from arrays all in one dtype: ``backward``'s lines."""
+        need_x, _, need_gamma, _ = needs_input_grad
+        (rows, n), dtype = x_rows.shape, x_rows.dtype
         if kernels.use_fused(x_rows):
             w = None if weight is None else weight.reshape(n)
             dx, dgamma = kernels.rms_norm_backward(
                 dy, x_rows, w, rstd, need_param_grads=need_gamma,
-                dx_shape=grad_out.shape)  # dx its own array, not a view: no copy as a .grad
-            return (dx if need_x else None, None,
-                    dgamma.reshape(ctx.shape) if need_gamma else None, None)
+                dx_shape=dx_shape)  # dx its own array, not a view: no copy as a .grad
+            return dx if need_x else None, dgamma if need_gamma else None
         if kernels.use_cpu_kernels(dy, x_rows, weight, rstd):  # compiled CPU kernel
             blocks = kernel_blocks(rows, n)
-            w = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+            w = xp.ones(n, dtype=dtype) if weight is None else weight.reshape(n)
             # dx as on the reference path: grad_out's shape, a fresh array; (0, n) if unused
-            dx = xp.empty(grad_out.shape if need_x else (0, n), dtype=x_rows.dtype)
+            dx = xp.empty(dx_shape if need_x else (0, n), dtype=dtype)
             dx_rows = dx.reshape(-1, n)
             dgamma_parts = column_parts(blocks, n, xp, True)
 
             def backward_compiled(k, rows_k):
                 kernels.cpu_norms.rms_norm_backward(
                     dy, x_rows, w, rstd, rows_k.start, rows_k.stop, dx_rows, dgamma_parts[k],
-                    xp.empty((1, n), dtype=x_rows.dtype), need_x, need_gamma)
+                    xp.empty((1, n), dtype=dtype), need_x, need_gamma)
 
             for_each_block(blocks, backward_compiled, rows * n)
-            return (dx if need_x else None, None,
-                    column_total(dgamma_parts if need_gamma else None, ctx.shape, x_rows.dtype),
-                    None)
+            return (dx if need_x else None,
+                    column_total(dgamma_parts if need_gamma else None, n, dtype))
         on_cpu = backend.device_of(x_rows) == "cpu"
         blocks = row_blocks(rows, n, on_cpu) if x_rows.size else []
-        gamma = xp.ones(n, dtype=x_rows.dtype) if weight is None else weight.reshape(n)
+        gamma = xp.ones(n, dtype=dtype) if weight is None else weight.reshape(n)
         gamma_factor = outer_factor(gamma)
 
         # dx gets grad_out's shape (a fresh array, not a view: it may become a leaf's .grad)
-        dx = xp.empty(grad_out.shape, dtype=x_rows.dtype) if need_x else None
+        dx = xp.empty(dx_shape, dtype=dtype) if need_x else None
         dx_rows = dx.reshape(rows, n) if need_x else None
         dgamma_parts = column_parts(blocks, n, xp, need_gamma)
 
@@ -159,7 +172,7 @@ class RMSNorm(Function):
             xp.subtract(dx_k, dy_x, out=dx_k)  # − x·r³·mean(g·x)
 
         for_each_block(blocks, backward_block, rows * n)
-        return dx, None, column_total(dgamma_parts, ctx.shape, x_rows.dtype), None
+        return dx, column_total(dgamma_parts, n, dtype)
 
 
 def rms_norm(input, normalized_shape, weight=None, eps=None):
