@@ -7,14 +7,19 @@ from ..tensor import Tensor
 from ._adjoint import broadcast_shape, operand_shapes, unbroadcast
 
 
+def require_bool(op: str, name: str, a) -> None:
+    """A TypeError naming the op, the argument and what it got, unless ``a`` is a bool array."""
+    if not backend.is_array(a) or a.dtype.kind != "b":
+        raise TypeError(f"{op}: {name} must be a bool tensor, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+
+
 class Where(Function):
     """y = a where cond is True, b elsewhere (all three broadcast together)."""
 
     @staticmethod
     def forward(ctx, cond, a, b):
-        if not backend.is_array(cond) or cond.dtype.kind != "b":
-            raise TypeError(f"where: condition must be a bool tensor, got "
-                            f"{getattr(cond, 'dtype', type(cond).__name__)}")
+        require_bool("where", "condition", cond)
         ctx.shapes = operand_shapes("where", cond, a, b)[1:]  # all three checked; a's, b's kept
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
@@ -41,9 +46,7 @@ def where(condition, input, other):  # noqa: A002 — PyTorch's argument names
 def masked_fill(x, mask, value):
     """x with ``value`` where mask is True: ``where(mask, value, x)``; value gets no gradient."""
     mask = mask.data if isinstance(mask, Tensor) else mask
-    if not backend.is_array(mask) or mask.dtype.kind != "b":
-        got = getattr(mask, "dtype", type(mask).__name__)
-        raise TypeError(f"masked_fill: mask must be a bool tensor, got {got}")
+    require_bool("masked_fill", "mask", mask)
     if isinstance(value, Tensor):
         if value.ndim != 0:
             raise ValueError(f"masked_fill: value must be a number or a 0-d tensor, got shape "
