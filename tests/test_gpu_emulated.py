@@ -230,3 +230,26 @@ def test_fused_backward_gives_the_leaf_the_kernels_own_dx(emulated, monkeypatch,
     arrays = [on_gpu(x.reshape(shape)), on_gpu(w), on_gpu(b), on_gpu(dy.reshape(shape))]
     dx = run_op(op, arrays, True)["dx"]
     assert dx.shape == shape and any(dx is a for a in made), f"{op}: x.grad is a copy"
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_float16_norms_run_the_float32_kernels(emulated, op):
+    """float16 is computed in float32 (ops/_rows.compute_dtype), so on the GPU it launches
+    the float32 kernels, where it used to take the reference path in float16. Results come
+    back in float16, within one float16 ulp of the host op's (both round a float32 result)."""
+    shape = (3, 5, 300)
+    x, w, b, dy = inputs(15, 300, np.float16, seed=2)
+    host = run_op(op, [x.reshape(shape), w, b, dy.reshape(shape)], True)
+    LAUNCHED.clear()
+    gpu = run_op(op, [on_gpu(x.reshape(shape)), on_gpu(w), on_gpu(b),
+                      on_gpu(dy.reshape(shape))], True)
+    assert any(name.startswith(op) for name in LAUNCHED), LAUNCHED  # kernels take no float16
+    for name, want in host.items():
+        got = gpu[name]
+        if want is None:
+            assert got is None, name
+            continue
+        assert isinstance(got, type(on_gpu(want))) and got.dtype == np.float16, name
+        got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+        assert got.shape == want.shape, name
+        assert (np.abs(got - want) <= np.spacing(np.abs(want).astype(np.float16))).all(), name
