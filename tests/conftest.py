@@ -57,7 +57,8 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if gpu_items and not tn.backend.gpu_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU with CuPy (tinynorm.backend.gpu_available() "
+        skip = pytest.mark.skip(reason="needs a CUDA GPU with CuPy "
+                                       "(tinynorm.backend.gpu_available() "
                                        "is False); install with pip install 'tinynorm[gpu]'")
         for item in gpu_items:
             item.add_marker(skip)

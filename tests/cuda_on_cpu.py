@@ -113,7 +113,8 @@ def _launchers(source) -> str:
             out.append(
                 f'extern "C" void launch_{name}_{ctype}(unsigned gx, unsigned gy, unsigned bx,'
                 f' unsigned by, void** args) {{\n'
-                f"    run_grid(gx, gy, bx, by, [&] {{ {name}<{ctype}>({', '.join(casts)}); }});\n}}")
+                f"    run_grid(gx, gy, bx, by, [&] {{ {name}<{ctype}>"
+                f"({', '.join(casts)}); }});\n}}")
     return "\n".join(out)
 
 
@@ -134,7 +135,8 @@ def build(source):
             f.write(text)
         done = subprocess.run([compiler(), *flags, cpp, "-o", lib], capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"compiling {source.name} for the CPU failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"compiling {source.name} for the CPU failed:\n"
+                               f"{done.stderr[-3000:]}")
         _libraries[key] = ctypes.CDLL(lib)
     return _libraries[key]
 

@@ -48,7 +48,8 @@ def test_a_diamond_graph_matches_torch(rng):
 
 
 def test_two_backward_calls_accumulate_into_grad(rng):
-    x0, g1, g2 = rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+    x0, g1, g2 = (rng.standard_normal((3, 2)), rng.standard_normal((3, 2)),
+                  rng.standard_normal((3, 2)))
     x = leaf(x0)
     x.tanh().backward(g1)
     first = host(x.grad).copy()

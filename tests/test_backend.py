@@ -114,7 +114,7 @@ def test_tinynorm_backend_environment_variable():
         assert gpu.returncode != 0 and GPU_FIX in gpu.stderr
 
 
-# ---- arrays and devices ----------------------------------------------------------------------------
+# ---- arrays and devices --------------------------------------------------------------------------
 def test_array_module_reads_the_backend_off_the_arrays():
     assert backend.array_module(np.ones(2)) is np
     assert backend.array_module(np.ones(2), 3.0, None) is np
@@ -164,7 +164,7 @@ def test_generator_is_per_backend_and_reseeded_by_manual_seed():
     np.testing.assert_array_equal(backend.generator(np).random(3), first)
 
 
-# ---- only backend.py names NumPy or CuPy -------------------------------------------------------------
+# ---- only backend.py names NumPy or CuPy ---------------------------------------------------------
 ALLOWED_TO_NAME_ARRAY_LIBRARIES = {"backend.py"}
 # tinynorm.testing works on host copies by design (finite differences in float64 on the CPU,
 # Hypothesis draws NumPy arrays): it may use NumPy, but only as ``backend.module("numpy")``.
@@ -187,7 +187,8 @@ def test_only_backend_py_names_numpy_or_cupy():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if rule.search(line):
                 offenders.append(f"tinynorm/{relative}:{number}: {line.strip()}")
-    assert not offenders, "only tinynorm/backend.py may name numpy or cupy:\n" + "\n".join(offenders)
+    assert not offenders, ("only tinynorm/backend.py may name numpy or cupy:\n"
+                           + "\n".join(offenders))
 
 
 def test_the_naming_rule_would_catch_each_spelling():

@@ -203,7 +203,8 @@ def test_flipped_bytes_are_rejected_or_harmless(saved, tmp_path):
     original state. Most flips land in array data, where the zip's CRC-32 catches them."""
     path, expected = saved
     data = bytearray(path.read_bytes())
-    positions = sorted(set(np.linspace(0, len(data) - 1, 160).astype(int)) | {0, 30, len(data) - 10})
+    positions = sorted(set(np.linspace(0, len(data) - 1, 160).astype(int))
+                       | {0, 30, len(data) - 10})
     rejected = 0
     for pos in positions:
         damaged = bytearray(data)
@@ -221,7 +222,8 @@ def test_flipped_bytes_are_rejected_or_harmless(saved, tmp_path):
 
 def test_missing_array_is_rejected(saved, tmp_path):
     path, _ = saved
-    bad = edited(path, tmp_path / "missing.npz", lambda arrays, meta: arrays.pop("model/out.weight"))
+    bad = edited(path, tmp_path / "missing.npz",
+                 lambda arrays, meta: arrays.pop("model/out.weight"))
     expect_rejected(bad, "'model/out.weight'", "missing key")
     bad = edited(path, tmp_path / "missing_opt.npz",
                  lambda arrays, meta: arrays.pop("optimizer/2/exp_avg_sq"))

@@ -100,14 +100,15 @@ def test_manual_seed_reproduces_every_random_factory():
         assert (a != c).any()
 
 
-# ---- attributes and conversions -------------------------------------------------------------------
+# ---- attributes and conversions ------------------------------------------------------------------
 def test_attributes():
     t = tn.tensor(np.zeros((2, 3, 4)), requires_grad=True)
     assert tn.backend.is_array(t.data) and t.grad is None
     assert t.shape == (2, 3, 4) and t.dtype == np.float64 and t.ndim == 3
     assert t.device == ("cpu" if tn.backend.current() == "numpy" else "cuda:0")
     assert t.requires_grad and t.is_leaf and t.grad_fn is None
-    assert t.size() == (2, 3, 4) and t.size(1) == 3 and t.dim() == 3 and t.numel() == 24 and len(t) == 2
+    assert (t.size() == (2, 3, 4) and t.size(1) == 3 and t.dim() == 3 and t.numel() == 24
+            and len(t) == 2)
     y = t * 2
     assert not y.is_leaf and y.requires_grad and y.grad_fn is not None
     with pytest.raises(TypeError, match="0-d"):
@@ -159,7 +160,8 @@ def test_comparisons_return_bool_tensors_without_grad():
     }
     for name, (result, expected) in results.items():
         assert isinstance(result, tn.Tensor), name
-        assert result.dtype == np.bool_ and not result.requires_grad and result.grad_fn is None, name
+        assert (result.dtype == np.bool_ and not result.requires_grad
+                and result.grad_fn is None), name
         assert result.tolist() == expected, name
 
 

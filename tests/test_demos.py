@@ -71,7 +71,8 @@ def test_layernorm_check(tmp_path):
     r = _run("layernorm_check", tmp_path)
     assert abs(r["input_mean"] - 5) < 0.5 and abs(r["input_std"] - 10) < 0.5  # randn * 10 + 5
     assert r["max_abs_row_mean"] < 1e-5
-    # the unbiased std of a normalized row of 512 is √(512/511) · √(var / (var + eps)) ≈ 1 + 9.8e-4
+    # the unbiased std of a normalized row of 512 is
+    # √(512/511) · √(var / (var + eps)) ≈ 1 + 9.8e-4
     assert r["max_abs_row_std_error"] < 1.1e-3
     if r["torch_max_abs_diff"] is not None:  # the seed's PyTorch class on the same input
         assert r["torch_max_abs_diff"] < 1e-5
@@ -96,7 +97,8 @@ def test_pre_vs_post(tmp_path):
     r = _run("pre_vs_post", tmp_path)
     d = r["sizes"]["d_model"]
     for init in ("default", "xavier"):
-        # every Post-Norm block ends in a LayerNorm with weight 1, bias 0: ||x||² = d·var/(var+eps)
+        # every Post-Norm block ends in a LayerNorm with weight 1, bias 0:
+        # ||x||² = d·var/(var+eps)
         post = np.array(r["results"][init]["post"][24]["stream"][1:]) / d
         np.testing.assert_allclose(post, 1.0, atol=1e-3)
         # Pre-Norm's stream is never normalized and grows with depth
@@ -108,7 +110,8 @@ def test_pre_vs_post(tmp_path):
                 assert len(norms) == depth and all(n > 0 and np.isfinite(n) for n in norms)
     # Lemma 2 of Xiong et al.: the Pre-LN stream grows linearly
     assert r["stream_fits"]["xavier"][2] > 0.9
-    # Theorem 1: the Pre-LN last layer's gradient shrinks with depth (as 1/sqrt(L): x0.5 from 6 to 24)
+    # Theorem 1: the Pre-LN last layer's gradient shrinks with depth
+    # (as 1/sqrt(L): x0.5 from 6 to 24)
     assert 0.3 < r["last_layer_ratio"]["pre"] < 0.8
     assert r["verdict"].startswith("Verdict: ")
 

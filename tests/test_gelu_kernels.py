@@ -70,7 +70,8 @@ def test_special_values_follow_the_maths():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e38, -1e38, -20.0], np.float32)
     y = cpu_gelu.gelu_forward(x)
     assert np.isnan(y[0]) and y[1] == np.inf
-    assert np.isnan(y[2])  # −∞·Φ(−∞) = −∞·0, NaN as in PyTorch and the reference path
+    # −∞·Φ(−∞) = −∞·0, NaN as in PyTorch and the reference path
+    assert np.isnan(y[2])
     assert y[3] == 0 and y[4] == 0 and y[5] == np.float32(1e38)
     assert y[6] == 0 and y[7] == 0  # x·Φ(x) underflows float32 far left
 
@@ -117,8 +118,8 @@ def test_kernel_and_reference_paths_agree(shape):
 def test_torch_parity_float32():
     """Against torch's float64 GELU of the same float32 inputs within RTOL, for x > −5 (torch
     takes 1 + erf, which cancels even in float64 further left; the tests above cover the
-    tail against SciPy's erfc); and against torch's float32 GELU within its own absolute error (it takes 1 + erf,
-    which costs it ~1e-6 absolute at |x| ≈ 5..10)."""
+    tail against SciPy's erfc); and against torch's float32 GELU within its own absolute error
+    (it takes 1 + erf, which costs it ~1e-6 absolute at |x| ≈ 5..10)."""
     x_np = (rng.standard_normal((64, 512)) * 4).astype(np.float32)
     g_np = rng.standard_normal(x_np.shape).astype(np.float32)
     x = tn.tensor(x_np, requires_grad=True)
@@ -157,4 +158,5 @@ def test_non_contiguous_inputs():
     g_np = rng.standard_normal((30, 20)).astype(np.float32).T
     x = tn.tensor(x_np, requires_grad=True)
     F.gelu(x).backward(tn.tensor(g_np))
-    np.testing.assert_allclose(np.asarray(x.grad), exact_gelu_grad(x_np, g_np), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x.grad), exact_gelu_grad(x_np, g_np),
+                               rtol=1e-6, atol=1e-6)

@@ -5,9 +5,9 @@ most of it is checked without a GPU:
    and the Python wrappers run against NumPy emulations of each CUDA kernel (same argument
    lists, same reduction order, same row chunks), compared with the reference formulas here.
 2. NVRTC, where CuPy's compiler bindings import (no GPU needed): every kernel compiles for
-   sm_70/80/90 (those the NVRTC supports), lowers every instantiation, spills nothing, fits its block size, and the
-   float32 kernels do no float64 arithmetic except the dγ/dβ sums. CI has no CuPy: these
-   skip there with the reason.
+   sm_70/80/90 (those the NVRTC supports), lowers every instantiation, spills nothing, fits its
+   block size, and the float32 kernels do no float64 arithmetic except the dγ/dβ sums. CI has
+   no CuPy: these skip there with the reason.
 3. GPU (``@pytest.mark.gpu``, skipped where there is none): fused against the reference
    formulas (float64 within 1e-12, float32 within 1e-5), bit-identical reruns, PyTorch on CUDA.
 """

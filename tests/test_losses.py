@@ -167,7 +167,7 @@ def test_cross_entropy_errors_name_the_problem(x_shape, target, kwargs, error, w
     assert words in str(info.value)
 
 
-# ---- embedding ------------------------------------------------------------------------------------
+# ---- embedding -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("idx_shape, padding_idx", [
     ((12,), None), ((3, 5), None), ((3, 5), 2), ((2, 3, 4), -1), ((), None), ((0,), None)])

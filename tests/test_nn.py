@@ -378,7 +378,8 @@ def test_activation_modules_match_torch():
     pairs = [(nn.Tanh(), torch.nn.Tanh()), (nn.ReLU(), torch.nn.ReLU()),
              (nn.GELU(), torch.nn.GELU()), (nn.GELU("tanh"), torch.nn.GELU("tanh")),
              (nn.Softmax(dim=-1), torch.nn.Softmax(dim=-1)),
-             (nn.LogSoftmax(dim=0), torch.nn.LogSoftmax(dim=0)), (nn.Identity(), torch.nn.Identity())]
+             (nn.LogSoftmax(dim=0), torch.nn.LogSoftmax(dim=0)),
+             (nn.Identity(), torch.nn.Identity())]
     for ours, theirs in pairs:
         np.testing.assert_allclose(host(ours(x)), theirs(xt).numpy(), rtol=1e-12, atol=1e-14,
                                    err_msg=repr(ours))

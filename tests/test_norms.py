@@ -328,9 +328,9 @@ def test_large_common_offset_in_float32_matches_float64_maths(fused):
 @settings(max_examples=15)
 @given(x=tst.degenerate_rows(), seed=st.integers(0, 2**16))
 def test_constant_rows_and_single_features_follow_the_maths(fused, x, seed):
-    """A row with zero variance: x − μ = 0, r = 1/√ε, so y = β exactly (to rounding), dγ = 0,
-    dβ = Σ dy and dx = r·(g − mean(g)) — not zero: moving one element makes the row vary.
-    With one feature (d = 1) g − mean(g) = 0, so dx = 0 there."""
+    """A row with zero variance: x − μ = 0, r = 1/√ε, so y = β exactly (to rounding),
+    dγ = 0, dβ = Σ dy and dx = r·(g − mean(g)) — not zero: moving one element makes the
+    row vary. With one feature (d = 1) g − mean(g) = 0, so dx = 0 there."""
     eps = 1e-5
     rng = np.random.default_rng(seed)
     d = x.shape[-1]

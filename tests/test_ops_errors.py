@@ -102,7 +102,8 @@ def test_cat_of_mixed_dtypes_names_both():
 
 
 def test_dim_out_of_range_names_the_op_and_range():
-    with pytest.raises(IndexError, match=re.escape("softmax: dim 2 is out of range for a tensor of 2 dims")):
+    with pytest.raises(IndexError,
+                       match=re.escape("softmax: dim 2 is out of range for a tensor of 2 dims")):
         tn.softmax(t(2, 3), 2)
     with pytest.raises(IndexError, match="sum: dim -3"):
         t(2, 3).sum(-3)

@@ -35,7 +35,8 @@ def shape(min_dims=0, max_dims=3, min_side=1, max_side=MAX_SIDE):
     """Shapes; with ``min_side=0`` one draw in five may hold empty dims (Hypothesis would
     otherwise make most draws empty, which check nothing but the shapes)."""
     if min_side > 0:
-        return tst.shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+        return tst.shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side,
+                          max_side=max_side)
     return st.integers(0, 4).flatmap(lambda r: tst.shapes(
         min_dims=min_dims, max_dims=max_dims, min_side=0 if r == 0 else 1, max_side=max_side))
 
@@ -44,7 +45,8 @@ def shape(min_dims=0, max_dims=3, min_side=1, max_side=MAX_SIDE):
 def broadcastable(draw, n):
     """``n`` mutually broadcastable shapes; one draw in five gets a new leading dim that is
     0 in some shapes and 0 or 1 in the others (1 broadcasts against 0, as in PyTorch)."""
-    shapes = draw(tst.broadcastable_shapes(n, min_dims=0, max_dims=3, min_side=1, max_side=MAX_SIDE))
+    shapes = draw(tst.broadcastable_shapes(n, min_dims=0, max_dims=3, min_side=1,
+                                           max_side=MAX_SIDE))
     if draw(st.integers(0, 4)) == 0:
         leading = [draw(st.sampled_from([0, 1])) for _ in shapes]
         leading[draw(st.integers(0, n - 1))] = 0
@@ -229,7 +231,8 @@ def masked_fill_operands(draw):
     keep = draw(st.integers(0, x.ndim))  # the mask may lack leading dims and have size-1 dims
     mask_shape = tuple(1 if draw(st.booleans()) else n for n in x.shape[x.ndim - keep:])
     # fill values stay O(1): a fill of -1e9 would put 1e9 into the checked sum(out·G), whose
-    # rounding (1e9·1e-16/eps = 1e-1) swamps the central difference; the parity table fills with -inf
+    # rounding (1e9·1e-16/eps = 1e-1) swamps the central difference; the parity table fills
+    # with -inf
     return x, draw(hnp.arrays(np.bool_, mask_shape)), draw(st.sampled_from([0.0, -5.0, 2.5]))
 
 
@@ -316,7 +319,8 @@ CASES = [
     ("squeeze", lambda x, d: x.squeeze(d), squeezes()),
     ("expand", lambda x, s: x.expand(*s), expands()),
     ("getitem-basic", lambda x, i: x[i], basic_indexing()),
-    ("getitem-int-array", lambda x, d, i: x[(slice(None),) * d + (tn.tensor(i),)], integer_indexing()),
+    ("getitem-int-array", lambda x, d, i: x[(slice(None),) * d + (tn.tensor(i),)],
+     integer_indexing()),
     ("getitem-bool-mask", lambda x, m: x[m], boolean_indexing()),
     ("where", lambda c, a, b: tn.where(c, a, b), where_operands()),
     ("masked_fill", lambda x, m, v: x.masked_fill(m, v), masked_fill_operands()),
@@ -334,7 +338,8 @@ def _tensor(value):
     device = "cuda" if tn.backend.current() == "cupy" else "cpu"
     if isinstance(value, np.ndarray):
         grad = value.dtype.kind == "f"
-        return tn.tensor(value.astype(np.float64) if grad else value, device=device, requires_grad=grad)
+        return tn.tensor(value.astype(np.float64) if grad else value, device=device,
+                         requires_grad=grad)
     return value
 
 

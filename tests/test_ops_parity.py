@@ -148,8 +148,10 @@ CASES = [
     C("relu", "zeros", lambda lib, x: lib.relu(x), [with_zeros(4, 5)]),
     C("relu", "method", lambda lib, x: x.relu(), [normal(7)]),
     C("gelu", "none", lambda lib, x: lib.nn.functional.gelu(x), [scaled(2.0, 3, 5)]),
-    C("gelu", "tanh", lambda lib, x: lib.nn.functional.gelu(x, approximate="tanh"), [scaled(2.0, 3, 5)]),
-    C("gelu", "none-tails", lambda lib, x: lib.nn.functional.gelu(x), [fixed([-9.0, -5.0, 0.0, 5.0, 9.0])]),
+    C("gelu", "tanh", lambda lib, x: lib.nn.functional.gelu(x, approximate="tanh"),
+      [scaled(2.0, 3, 5)]),
+    C("gelu", "none-tails", lambda lib, x: lib.nn.functional.gelu(x),
+      [fixed([-9.0, -5.0, 0.0, 5.0, 9.0])]),
     C("exp", "2d", lambda lib, x: lib.exp(x), [normal(3, 4)]),
     C("exp", "0d", lambda lib, x: x.exp(), [normal()]),
     C("log", "2d", lambda lib, x: lib.log(x), [positive(3, 4)]),
@@ -159,25 +161,30 @@ CASES = [
     C("abs", "zeros", lambda lib, x: lib.abs(x), [with_zeros(4, 5)]),
     C("abs", "method", lambda lib, x: x.abs(), [away_from_zero(6)]),
     # ---- reductions ----
-    *[C(name, f"dim={dim}-keep={keep}", (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
+    *[C(name, f"dim={dim}-keep={keep}",
+        (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
         [normal(2, 3, 4)])
       for name in ("sum", "mean") for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
     C("sum", "empty-dim", lambda lib, x: x.sum(dim=1), [normal(2, 0, 3)]),
     C("sum", "0d", lambda lib, x: x.sum(), [normal()]),
     C("mean", "fn", lambda lib, x: lib.mean(x, 0), [normal(4, 2)]),
-    *[C(name, f"dim={dim}-keep={keep}", (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
+    *[C(name, f"dim={dim}-keep={keep}",
+        (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
         [scaled(3.0, 2, 3, 4)])
       for name in ("var", "std") for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
-    *[C(name, "seed", (lambda n: lambda lib, x: getattr(x, n)(dim=-1, keepdim=True, unbiased=False))(name),
+    *[C(name, "seed",
+        (lambda n: lambda lib, x: getattr(x, n)(dim=-1, keepdim=True, unbiased=False))(name),
         [fixed(np.linspace(-3.0, 3.0, 24).reshape(2, 3, 4) ** 3 + 1e3)])  # |μ| >> σ
       for name in ("var", "std")],
     C("var", "positional", lambda lib, x: x.var(0, False), [normal(5, 3)]),
     C("var", "flag-alone", lambda lib, x: x.var(False), [normal(5, 3)]),
     C("var", "correction", lambda lib, x: lib.var(x, (0, 1), correction=2.5), [normal(4, 3, 2)]),
     C("std", "correction-0", lambda lib, x: lib.std(x, 1, correction=0), [normal(4, 3)]),
-    C("std", "constant-rows", lambda lib, x: x.std(dim=1), [fixed([[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])]),
+    C("std", "constant-rows", lambda lib, x: x.std(dim=1),
+      [fixed([[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])]),
     C("std", "single", lambda lib, x: x.std(dim=0, unbiased=False), [normal(1, 3)]),
-    *[C("max", f"dim={dim}-keep={keep}", (lambda d, k: lambda lib, x: amax(lib, x, d, k))(dim, keep),
+    *[C("max", f"dim={dim}-keep={keep}",
+        (lambda d, k: lambda lib, x: amax(lib, x, d, k))(dim, keep),
         [normal(2, 3, 4)])
       for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
     C("max", "ties-all", lambda lib, x: amax(lib, x, None), [with_ties(3, 4)]),
@@ -213,24 +220,30 @@ CASES = [
     C("getitem", "int-array-dim1", lambda lib, x, i: x[:, i], [normal(2, 3, 4), indices(3, 7)]),
     C("getitem", "list-in-tuple", lambda lib, x: x[[0, 2, 0, 0], 1:], [normal(3, 4)]),
     C("getitem", "list", lambda lib, x: x[[1, 1, -1]], [normal(3, 4)]),
-    C("getitem", "two-arrays", lambda lib, x, i, j: x[i, j], [normal(3, 4), indices(3, 10), indices(4, 10)]),
+    C("getitem", "two-arrays", lambda lib, x, i, j: x[i, j],
+      [normal(3, 4), indices(3, 10), indices(4, 10)]),
     C("getitem", "bool-mask", lambda lib, x, m: x[m], [normal(3, 4), bools(3, 4)]),
     C("getitem", "bool-rows", lambda lib, x, m: x[m], [normal(5, 2), bools(5)]),
     # ---- selection ----
-    C("where", "same", lambda lib, c, a, b: lib.where(c, a, b), [bools(3, 4), normal(3, 4), normal(3, 4)]),
-    C("where", "bcast", lambda lib, c, a, b: lib.where(c, a, b), [bools(3, 1), normal(4), normal(2, 1, 1)]),
+    C("where", "same", lambda lib, c, a, b: lib.where(c, a, b),
+      [bools(3, 4), normal(3, 4), normal(3, 4)]),
+    C("where", "bcast", lambda lib, c, a, b: lib.where(c, a, b),
+      [bools(3, 1), normal(4), normal(2, 1, 1)]),
     C("where", "scalar-other", lambda lib, c, a: lib.where(c, a, 0.5), [bools(3, 4), normal(3, 4)]),
     C("masked_fill", "same", lambda lib, x, m: x.masked_fill(m, -2.5), [normal(3, 4), bools(3, 4)]),
-    C("masked_fill", "bcast", lambda lib, x, m: lib.masked_fill(x, m, 7.0), [normal(2, 3, 4), bools(1, 4)]),
+    C("masked_fill", "bcast", lambda lib, x, m: lib.masked_fill(x, m, 7.0),
+      [normal(2, 3, 4), bools(1, 4)]),
     C("masked_fill", "-inf-softmax", lambda lib, x, m: x.masked_fill(m, float("-inf")).softmax(-1),
       [normal(3, 4), fixed([[False, True, True, False]] * 3)]),
     # ---- joining and splitting ----
     C("cat", "dim0", lambda lib, a, b: lib.cat([a, b], dim=0), [normal(2, 3), normal(4, 3)]),
-    C("cat", "dim-1-three", lambda lib, a, b, c: lib.cat([a, b, c], -1), [normal(2, 1), normal(2, 3), normal(2, 2)]),
+    C("cat", "dim-1-three", lambda lib, a, b, c: lib.cat([a, b, c], -1),
+      [normal(2, 1), normal(2, 3), normal(2, 2)]),
     C("cat", "empty-piece", lambda lib, a, b: lib.cat([a, b], 1), [normal(2, 0), normal(2, 3)]),
     C("cat", "same-twice", lambda lib, a: lib.cat([a, a], 0), [normal(2, 3)]),
     C("stack", "dim0", lambda lib, a, b: lib.stack([a, b]), [normal(2, 3), normal(2, 3)]),
-    C("stack", "dim-1", lambda lib, a, b, c: lib.stack([a, b, c], dim=-1), [normal(2, 3), normal(2, 3), normal(2, 3)]),
+    C("stack", "dim-1", lambda lib, a, b, c: lib.stack([a, b, c], dim=-1),
+      [normal(2, 3), normal(2, 3), normal(2, 3)]),
     C("split", "size", lambda lib, x: x.split(2, dim=1), [normal(3, 5)]),
     C("split", "sections", lambda lib, x: lib.split(x, [1, 3, 1], 1), [normal(3, 5)]),
     C("split", "one-used", lambda lib, x: x.split(2, dim=0)[1], [normal(5, 2)]),
@@ -267,7 +280,8 @@ def _tn_device():
 def _run(lib, case: Case, arrays, upstreams):
     """Forward and backward in ``lib``; returns (outputs, input gradients) as host arrays."""
     if lib is tn:
-        tensors = [tn.tensor(a, device=_tn_device(), requires_grad=a.dtype.kind == "f") for a in arrays]
+        tensors = [tn.tensor(a, device=_tn_device(), requires_grad=a.dtype.kind == "f")
+                   for a in arrays]
         out = case.fn(tn, *tensors)
     else:
         tensors = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
@@ -280,8 +294,10 @@ def _run(lib, case: Case, arrays, upstreams):
     else:  # several outputs: backward of Σ_k sum(out_k · G_k) sends G_k into output k
         total = sum((o * _as(lib, g, o)).sum() for o, g in zip(outs, upstreams))
         total.backward()
-    to_host = (lambda t: tn.backend.to_numpy(t.data)) if lib is tn else (lambda t: t.detach().numpy())
-    grads = [None if t.grad is None else (tn.backend.to_numpy(t.grad) if lib is tn else t.grad.numpy())
+    to_host = ((lambda t: tn.backend.to_numpy(t.data)) if lib is tn
+               else (lambda t: t.detach().numpy()))
+    grads = [None if t.grad is None
+             else (tn.backend.to_numpy(t.grad) if lib is tn else t.grad.numpy())
              for t in tensors]
     return [to_host(o) for o in outs], grads, tensors
 
@@ -293,8 +309,10 @@ def _as(lib, array, like):
 
 
 def _check(actual, expected, dtype, what):
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != torch's {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != torch's {expected.dtype}"
+    assert actual.shape == expected.shape, (
+        f"{what}: shape {actual.shape} != torch's {expected.shape}")
+    assert actual.dtype == expected.dtype, (
+        f"{what}: dtype {actual.dtype} != torch's {expected.dtype}")
     if dtype == np.float64:
         scale = float(np.max(np.abs(expected), initial=0.0)) if np.isfinite(expected).all() else 1.0
         rtol, atol = 1e-10, 1e-12 * max(scale, 1e-300)
@@ -312,7 +330,8 @@ def _parity(case: Case, dtype):
     upstreams = [rng.standard_normal(o.shape) for o in outs]
     tn_outs, tn_grads, tn_inputs = _run(tn, case, arrays, upstreams)
     th_outs, th_grads, _ = _run(torch, case, arrays, upstreams)
-    assert len(tn_outs) == len(th_outs), f"{case.id}: {len(tn_outs)} outputs, torch has {len(th_outs)}"
+    assert len(tn_outs) == len(th_outs), (
+        f"{case.id}: {len(tn_outs)} outputs, torch has {len(th_outs)}")
     for k, (a, e) in enumerate(zip(tn_outs, th_outs)):
         _check(a, e, dtype, f"{case.id} [{np.dtype(dtype)}] forward output {k}")
     for i, (a, e) in enumerate(zip(tn_grads, th_grads)):
@@ -338,8 +357,8 @@ def test_parity_float32(case):
 
 def test_every_core_op_has_parity_cases():
     """The table covers the whole list of core ops the project promises."""
-    promised = {"add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "tanh", "relu", "gelu",
-                "exp", "log", "sqrt", "abs", "sum", "mean", "max", "reshape", "transpose", "permute",
-                "unsqueeze", "squeeze", "expand", "getitem", "where", "masked_fill", "cat", "stack",
-                "split", "chunk", "softmax", "log_softmax", "cast"}
+    promised = {"add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "tanh", "relu",
+                "gelu", "exp", "log", "sqrt", "abs", "sum", "mean", "max", "reshape", "transpose",
+                "permute", "unsqueeze", "squeeze", "expand", "getitem", "where", "masked_fill",
+                "cat", "stack", "split", "chunk", "softmax", "log_softmax", "cast"}
     assert promised <= {c.op for c in CASES}

@@ -26,7 +26,8 @@ def leaf(array, dtype=np.float64):
 
 
 # ---- dropout ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs", [dict(p=0.0), dict(p=0.5, training=False), dict(p=1.0, training=False)])
+@pytest.mark.parametrize("kwargs", [dict(p=0.0), dict(p=0.5, training=False),
+                                    dict(p=1.0, training=False)])
 def test_dropout_identity_at_p0_and_in_eval(kwargs):
     x = leaf(np.random.default_rng(0).standard_normal((4, 5)))
     y = F.dropout(x, **kwargs)
@@ -104,7 +105,8 @@ def test_dropout_rejects_bad_probability(p):
 def test_softmax_and_log_softmax_stay_finite_on_huge_inputs(scale, dtype):
     """Naive e^x overflows at x ≈ 89 (float32) or 710 (float64); max-shifting never does."""
     rng = np.random.default_rng(0)
-    values = np.concatenate([rng.standard_normal((3, 5)) * scale, [[scale, -scale, 0.0, scale, 1.0]]])
+    values = np.concatenate([rng.standard_normal((3, 5)) * scale,
+                             [[scale, -scale, 0.0, scale, 1.0]]])
     x = leaf(values.astype(dtype), dtype)
     g = rng.standard_normal(x.shape).astype(dtype)
     for op in (tn.softmax, tn.log_softmax):
@@ -326,7 +328,7 @@ def test_a_product_of_one_block_runs_on_single_threaded_blas(monkeypatch):
     np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-3)
 
 
-# ---- repeated indices: scatter_add without atomics ---------------------------------------------------------------
+# ---- repeated indices: scatter_add without atomics -----------------------------------------------
 @st.composite
 def scatter_cases(draw):
     """A target, an index of one of the kinds getitem and embedding pass (a 1-D index of rows,

@@ -308,7 +308,8 @@ def test_lambda_per_group_and_state_dict_resume():
 def test_scheduler_state_of_another_schedule_is_rejected():
     opt = optim.SGD([tn.nn.Parameter(tn.zeros(1))], lr=1.0)
     sched = lr_scheduler.WarmupLR(opt, 10, "cosine", 100)
-    other = lr_scheduler.WarmupLR(optim.SGD([tn.nn.Parameter(tn.zeros(1))], lr=1.0), 5, "cosine", 100)
+    other = lr_scheduler.WarmupLR(optim.SGD([tn.nn.Parameter(tn.zeros(1))], lr=1.0), 5,
+                                  "cosine", 100)
     before = sched.state_dict()
     with pytest.raises(ValueError, match="differs from this one's"):
         sched.load_state_dict(other.state_dict())

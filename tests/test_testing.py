@@ -14,7 +14,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import tinynorm as tn  # noqa: E402
-from tinynorm.testing import GradcheckError, assert_close, gradcheck, register_profiles  # noqa: E402
+from tinynorm.testing import (  # noqa: E402
+    GradcheckError, assert_close, gradcheck, register_profiles)
 from tinynorm.testing import gradient_check  # noqa: E402
 from tinynorm.testing import strategies as S  # noqa: E402
 from tinynorm.testing.strategies import arrays, shapes  # noqa: E402
@@ -272,7 +273,8 @@ def test_gradcheck_and_assert_close_on_cupy_arrays():
     x = tn.tensor(RNG.standard_normal((3, 4)), device="cuda", requires_grad=True)
     before = tn.backend.to_numpy(x.data).copy()
     assert gradcheck(Cube.apply, x)
-    assert gradcheck(Cube.apply, tn.tensor(RNG.standard_normal((9, 9)), device="cuda", requires_grad=True))
+    assert gradcheck(Cube.apply, tn.tensor(RNG.standard_normal((9, 9)), device="cuda",
+                                           requires_grad=True))
     assert gradcheck(XExpMissingTerm.apply, x, raise_exception=False) is False
     assert_close(x.detach(), before)
     assert np.array_equal(tn.backend.to_numpy(x.data), before)
@@ -285,7 +287,8 @@ def test_assert_close_per_dtype_defaults():
         assert_close(np.array([1.0001], dtype=np.float32), np.array([1.0], dtype=np.float32))
     with pytest.raises(AssertionError, match="rtol=1e-07, atol=1e-07"):
         assert_close(np.array([1.000001]), np.array([1.0]))
-    assert_close(np.array([1.0, 2.0], dtype=np.float16) + np.float16(1e-3), np.array([1.0, 2.0], dtype=np.float16))
+    assert_close(np.array([1.0, 2.0], dtype=np.float16) + np.float16(1e-3),
+                 np.array([1.0, 2.0], dtype=np.float16))
     with pytest.raises(AssertionError):
         assert_close(np.array([1, 2]), np.array([1, 3]))  # integers: exact
 
@@ -297,8 +300,9 @@ def test_assert_close_message_names_worst_element():
     with pytest.raises(AssertionError) as caught:
         assert_close(actual, expected)
     message = str(caught.value)
-    for part in ("mismatched elements: 2 of 6", "worst element at index (1, 1)", "actual     = 0.05",
-                 "expected   = 0.0", "abs error  = 5.000e-02", "rel error = inf", "atol=1e-07"):
+    for part in ("mismatched elements: 2 of 6", "worst element at index (1, 1)",
+                 "actual     = 0.05", "expected   = 0.0", "abs error  = 5.000e-02",
+                 "rel error = inf", "atol=1e-07"):
         assert part in message, part
 
 
@@ -380,7 +384,8 @@ def test_attention_inputs_have_promised_structure(inputs):
 
 def test_attention_inputs_may_fully_mask_rows_when_allowed():
     found = hypothesis.find(S.attention_inputs(mask_kinds=("bool",), allow_fully_masked=True),
-                            lambda a: not a.mask.any(axis=-1).all(), settings=settings(database=None))
+                            lambda a: not a.mask.any(axis=-1).all(),
+                            settings=settings(database=None))
     assert not found.mask.any(axis=-1).all()
 
 
