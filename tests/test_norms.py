@@ -165,6 +165,20 @@ def test_float16_is_computed_in_float32_and_rounded_once(op, shape, normalized_s
         assert (err <= bound).all(), f"{op} {name}: {(err / bound).max():.2f}x the bound"
 
 
+@pytest.mark.parametrize("fused", PATHS)
+def test_float16_rows_whose_squares_overflow_float16_are_normalized(fused):
+    """Σx² of (300, −300, 300, −300) is 3.6e5, past float16's largest number, 65504: summed in
+    float16, r was 0 and so was every output. In float32 the rows normalize as in PyTorch."""
+    x = np.array([[300, -300, 300, -300], [1e4, 2e4, -1e4, 3e4]], dtype=np.float16)
+    with kernels.fused(fused):
+        got = {"layer_norm": host(F.layer_norm(tn.tensor(x), 4)),
+               "rms_norm": host(F.rms_norm(tn.tensor(x), 4))}
+    for op, y in got.items():
+        want = getattr(torch.nn.functional, op)(torch.from_numpy(x), (4,)).numpy()
+        assert y.dtype == np.float16 and np.abs(want).min() > 0.1, op
+        np.testing.assert_allclose(y, want, rtol=2.0**-10, err_msg=op)  # within a float16 ulp
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_layer_norm_module_matches_torch(bias):
     theirs = torch.nn.LayerNorm((3, 4), bias=bias).double()
