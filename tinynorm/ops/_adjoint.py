@@ -123,6 +123,21 @@ def require_float(op: str, *arrays) -> None:
             raise TypeError(f"{op}: expected a floating-point input, got dtype {a.dtype}")
 
 
+def require_bool(op: str, name: str, a) -> None:
+    """A TypeError naming the op, the argument and what it got, unless ``a`` is a bool array."""
+    if not backend.is_array(a) or a.dtype.kind != "b":
+        raise TypeError(f"{op}: {name} must be a bool tensor, got "
+                        f"{getattr(a, 'dtype', type(a).__name__)}")
+
+
+def compute_dtype(dtype):
+    """The dtype that sums over many elements (the norms, var and std) are taken in for input
+    of ``dtype``: float32 for float16, as PyTorch's CPU and CUDA kernels do (its "opmath"
+    type), so a result rounds to float16 once; the dtype itself otherwise. In float16 the
+    norms were 2-3 ulp off, and a row whose Σx² passed 65504 came out all zeros."""
+    return backend.float32 if dtype == backend.float16 else dtype
+
+
 def normalize_dim(op: str, dim: int, ndim: int) -> int:
     """``dim`` as a non-negative axis, or an IndexError naming the op and the valid range."""
     if not -max(ndim, 1) <= dim < max(ndim, 1):

@@ -118,13 +118,6 @@ def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tup
     return shape
 
 
-def compute_dtype(dtype):
-    """The dtype a norm computes in for input of ``dtype``: float32 for float16, as PyTorch's
-    CPU and CUDA kernels do (its "opmath" type), so the result rounds to float16 once; the
-    dtype itself otherwise. Computed in float16, y and dx were off by 2-3 ulp."""
-    return backend.float32 if dtype == backend.float16 else dtype
-
-
 def widened(dtype, *arrays) -> tuple:
     """Each array as ``dtype`` (None stays None): the array itself where it already is."""
     return tuple(None if a is None else a.astype(dtype, copy=False) for a in arrays)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from ..autograd import Function
+from ._adjoint import compute_dtype
 from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
-                    compute_dtype, for_each_block, kernel_blocks, outer, outer_factor,
-                    row_blocks, row_dot, widened)
+                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot,
+                    widened)
 
 
 class LayerNorm(Function):

@@ -5,7 +5,7 @@ import math
 
 from .. import backend
 from ..autograd import Function
-from ._adjoint import reduction_axes, require_float
+from ._adjoint import compute_dtype, reduction_axes, require_float
 
 
 def _unreduce(grad_out, shape, axes):
@@ -86,13 +86,12 @@ def _moments(op, x, dim, correction):
     elements, D = max(n − c, 0) and σ² = Σ (x − μ)² / D. Two passes, μ first: never
     Σx²/n − μ², which cancels when |μ| ≫ σ (see layer_norm). D = 0 gives inf, or NaN where
     the sum is 0 (n = 1 with c = 1, or no elements), with NumPy's warning, as PyTorch's.
-    float16 sums in float32 (as PyTorch does on the CPU), then rounds back."""
+    float16 sums in float32 (``compute_dtype``, as PyTorch), then rounds back."""
     require_float(op, x)
-    xp = backend.array_module(x)
     axes = reduction_axes(op, dim, x.ndim)
     n = math.prod(x.shape[a] for a in axes)
     divisor = n - correction if n > correction else 0.0
-    sums = xp.promote_types(x.dtype, backend.float32)
+    sums = compute_dtype(x.dtype)
     mean = (x.sum(axis=axes, keepdims=True, dtype=sums) / n).astype(x.dtype, copy=False)
     deviation = x - mean
     deviation *= deviation

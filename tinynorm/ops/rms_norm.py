@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._rows import (as_rows, check_norm_args, column_parts, column_total, compute_dtype,
-                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot,
-                    widened)
+from ._adjoint import compute_dtype
+from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block,
+                    kernel_blocks, outer, outer_factor, row_blocks, row_dot, widened)
 
 
 class RMSNorm(Function):

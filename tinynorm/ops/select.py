@@ -4,14 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, operand_shapes, unbroadcast
-
-
-def require_bool(op: str, name: str, a) -> None:
-    """A TypeError naming the op, the argument and what it got, unless ``a`` is a bool array."""
-    if not backend.is_array(a) or a.dtype.kind != "b":
-        raise TypeError(f"{op}: {name} must be a bool tensor, got "
-                        f"{getattr(a, 'dtype', type(a).__name__)}")
+from ._adjoint import broadcast_shape, operand_shapes, require_bool, unbroadcast
 
 
 class Where(Function):
