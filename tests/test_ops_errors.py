@@ -8,6 +8,7 @@ import pytest
 
 import tinynorm as tn
 from tinynorm.ops import shape as shape_ops
+from tinynorm.testing.compare import to_host as host
 
 F = tn.nn.functional
 
@@ -131,3 +132,30 @@ def test_reshape_error_wraps_numpys(op, call):
         call()
     cause = info.value.__cause__
     assert isinstance(cause, ValueError) and not str(cause).startswith(op), cause
+
+
+# ---- another library's tensors -------------------------------------------------------------
+@pytest.mark.parametrize("name, position, call", [
+    ("Linear", 0, lambda x: F.linear(x, t(4, 3))),
+    ("Add", 0, lambda x: tn.add(x, t(2, 3))),
+    ("Mul", 1, lambda x: t(2, 3) * x),
+    ("Softmax", 0, lambda x: tn.softmax(x, -1)),
+    ("GELU", 0, lambda x: F.gelu(x)),
+    ("CrossEntropy", 0, lambda x: F.cross_entropy(x, tn.tensor(np.array([0, 1])))),
+])
+def test_a_torch_tensor_is_refused_by_every_op_naming_it(name, position, call):
+    """Function.apply refuses another library's arrays for every op. A torch tensor used to
+    reach the forward raw: Linear failed in NumPy ("Could not convert tensor(...) to a NumPy
+    dtype"), Softmax on torch's max, and Add returned a Tensor, converted silently."""
+    torch = pytest.importorskip("torch")
+    x = torch.ones(2, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match=rf"^\w*{name}\w*: argument {position} is a "
+                                        r"torch\.Tensor, not a tinynorm Tensor"):
+        call(x)
+
+
+def test_numbers_numpy_scalars_and_arrays_still_pass_through_apply():
+    x = t(2, 3)
+    assert np.allclose(host(x + np.float32(2.0)), 3.0)
+    assert np.allclose(host(tn.add(np.ones((2, 3)), x)), 2.0)
+    assert np.allclose(host(x * 3), 3.0)

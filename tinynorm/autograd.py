@@ -217,6 +217,13 @@ class Function:
 
     @classmethod
     def apply(cls, *args):
+        for i, a in enumerate(args):
+            if not isinstance(a, Tensor) and backend.is_foreign_array(a):
+                kind = f"{type(a).__module__}.{type(a).__qualname__}"
+                raise TypeError(f"{cls.__name__}: argument {i} is a {kind}, not a tinynorm Tensor; "
+                                f"tinynorm converts no other library's arrays silently: make a "
+                                f"Tensor of it (a torch tensor t: tn.tensor(t.detach().cpu()"
+                                f".numpy()))")
         arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
         # mixing devices is an error, raised here once for every op
         xp = backend.array_module(*arrays, op=cls.__name__)

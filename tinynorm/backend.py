@@ -199,6 +199,17 @@ def is_array(a) -> bool:
     return isinstance(a, numpy.ndarray) or _is_cupy(a)
 
 
+def is_foreign_array(a) -> bool:
+    """True for another library's array (a torch tensor, a JAX array): one that offers its
+    data through DLPack or the array interfaces but is neither a NumPy nor a CuPy array nor a
+    NumPy scalar. tinynorm converts none silently (``autograd.Function.apply`` refuses them)."""
+    if is_array(a) or isinstance(a, numpy.generic):
+        return False
+    kind = type(a)
+    return any(hasattr(kind, name) for name in ("__dlpack__", "__array_interface__",
+                                                 "__cuda_array_interface__", "__array__"))
+
+
 def manual_seed(seed: int) -> None:
     """Seed the generators of every backend (randn, rand, dropout masks, init)."""
     global _seed

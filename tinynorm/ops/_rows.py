@@ -40,6 +40,7 @@ from math import prod
 from numbers import Integral
 
 from .. import backend
+from ..tensor import Tensor
 from ._adjoint import require_float
 
 BLOCK_ELEMENTS = 1 << 17  # 512 KB of float32
@@ -92,16 +93,23 @@ def as_normalized_shape(op: str, normalized_shape) -> tuple:
     return tuple(int(s) for s in shape)
 
 
+def require_tensors(op: str, **arguments) -> None:
+    """A TypeError naming the op and the argument unless each one given (None is skipped) is
+    a tinynorm Tensor or a NumPy/CuPy array: the norms take no lists or numbers, and (as
+    every op, see ``Function.apply``) no other library's tensors. Called before ``apply``,
+    so that the error names the argument as the user wrote it."""
+    for name, a in arguments.items():
+        if a is not None and not isinstance(a, Tensor) and not backend.is_array(a):
+            raise TypeError(f"{op}: {name} must be a tinynorm Tensor (or a NumPy/CuPy array), "
+                            f"got {type(a).__module__}.{type(a).__qualname__}")
+
+
 def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tuple:
     """``normalized_shape`` as a tuple, after checking x, weight and bias against it.
 
     Errors name the op and both shapes (or the dtypes), as PyTorch's do.
     """
     shape = as_normalized_shape(op, normalized_shape)
-    for name, a in (("input", x), ("weight", weight), ("bias", bias)):
-        if a is not None and not backend.is_array(a):
-            raise TypeError(f"{op}: {name} must be a tinynorm Tensor (or a NumPy/CuPy array), "
-                            f"got {type(a).__module__}.{type(a).__qualname__}")
     require_float(op, x)
     if x.ndim < len(shape) or tuple(x.shape[x.ndim - len(shape):]) != shape:
         raise ValueError(f"{op}: input of shape {tuple(x.shape)} does not end in normalized_shape "

@@ -19,8 +19,8 @@ from .. import backend, kernels
 from ..autograd import Function
 from ._adjoint import compute_dtype
 from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
-                    for_each_block, kernel_blocks, outer, outer_factor, row_blocks, row_dot,
-                    widened)
+                    for_each_block, kernel_blocks, outer, outer_factor, require_tensors,
+                    row_blocks, row_dot, widened)
 
 
 class LayerNorm(Function):
@@ -223,4 +223,5 @@ class LayerNorm(Function):
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """LayerNorm over the trailing dims ``normalized_shape`` (an int or a tuple), as
     ``torch.nn.functional.layer_norm``; see ``LayerNorm`` for the maths."""
+    require_tensors("layer_norm", input=input, weight=weight, bias=bias)
     return LayerNorm.apply(input, normalized_shape, weight, bias, eps)

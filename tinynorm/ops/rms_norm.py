@@ -17,7 +17,8 @@ from .. import backend, kernels
 from ..autograd import Function
 from ._adjoint import compute_dtype
 from ._rows import (as_rows, check_norm_args, column_parts, column_total, for_each_block,
-                    kernel_blocks, outer, outer_factor, row_blocks, row_dot, widened)
+                    kernel_blocks, outer, outer_factor, require_tensors, row_blocks, row_dot,
+                    widened)
 
 
 class RMSNorm(Function):
@@ -178,4 +179,5 @@ class RMSNorm(Function):
 def rms_norm(input, normalized_shape, weight=None, eps=None):
     """RMSNorm over the trailing dims ``normalized_shape`` (an int or a tuple), as
     ``torch.nn.functional.rms_norm``; see ``RMSNorm`` for the maths."""
+    require_tensors("rms_norm", input=input, weight=weight)
     return RMSNorm.apply(input, normalized_shape, weight, eps)
