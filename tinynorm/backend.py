@@ -203,11 +203,17 @@ def is_foreign_array(a) -> bool:
     """True for another library's array (a torch tensor, a JAX array): one that offers its
     data through DLPack or the array interfaces but is neither a NumPy nor a CuPy array nor a
     NumPy scalar. tinynorm converts none silently (``autograd.Function.apply`` refuses them)."""
-    if is_array(a) or isinstance(a, numpy.generic):
-        return False
     kind = type(a)
-    return any(hasattr(kind, name) for name in ("__dlpack__", "__array_interface__",
-                                                 "__cuda_array_interface__", "__array__"))
+    foreign = _foreign_types.get(kind)
+    if foreign is None:  # decided once per type: apply asks for every argument of every op
+        foreign = not (is_array(a) or isinstance(a, numpy.generic)) and any(
+            hasattr(kind, name) for name in ("__dlpack__", "__array_interface__",
+                                             "__cuda_array_interface__", "__array__"))
+        _foreign_types[kind] = foreign
+    return foreign
+
+
+_foreign_types: dict = {}
 
 
 def manual_seed(seed: int) -> None:
