@@ -37,9 +37,10 @@ class LayerNorm(Function):
     |μ| = 1e4 in float32, as in PyTorch): x̂ is off by that times r. The compiled kernels (CPU
     and CUDA) refine μ once more, μ + mean(x − μ), in the pass that sums (x − μ)² anyway,
     which removes it; on the NumPy path it would cost a fifth of the forward. The μ saved
-    for backward is that refined μ rounded to x's dtype, as PyTorch saves its mean: in
-    backward, x̂ is off by up to half an ulp of |μ| times r (at |μ| = 50, σ = 1e-3 in
-    float32: about 6e-4 in dγ, on every path and in PyTorch alike).
+    for backward is that refined μ rounded to the dtype it is computed in (float32 for
+    float16), as PyTorch saves its mean: in backward, x̂ is off by up to half an ulp of |μ|
+    times r (at |μ| = 50, σ = 1e-3 in float32: about 6e-4 in one row's dγ, on every path
+    and in PyTorch alike).
     """
 
     @staticmethod
