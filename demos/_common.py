@@ -7,7 +7,10 @@ seed's claim and a verdict computed from the numbers.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import random
+import statistics
 import sys
 import time
 import tracemalloc
@@ -42,6 +45,41 @@ def progress(iterable, desc: str, total: int | None = None):
         return iterable
     return tqdm(iterable, desc=desc, total=total, delay=PROGRESS_DELAY_S, leave=False,
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5, disable=None)
+
+
+def interleaved(contenders: dict, repeat: int = 15, warmup: int = 2, seed: int = 0, sync=None,
+                desc: str | None = None) -> dict:
+    """Median seconds per call of each ``name -> zero-argument callable``, interleaved: the
+    timing method of the demos and of every benchmark (``benchmarks.harness``).
+
+    Each repetition runs the contenders in a fresh random order (seeded, so a run can be
+    repeated): a call right after another framework's can find the memory it is about to
+    use handed back to the system by that framework's frees, and pay a page fault per fresh
+    page (seen here: tinynorm block steps run after PyTorch's took about 2,000 more faults
+    each). In a fixed order, or a rotation of it, every contender would keep the same
+    predecessor in every repetition, and that cost would fall on some contenders only.
+
+    ``sync`` (a GPU's synchronize) runs before each call's timer starts and before it stops;
+    ``desc`` names a progress bar over the repetitions (``progress``).
+    """
+    sync = sync or (lambda: None)
+    for _ in range(warmup):  # allocations, kernel compilation
+        for fn in contenders.values():
+            fn()
+    sync()
+    times = {name: [] for name in contenders}
+    names, order = list(contenders), random.Random(seed)
+    for _ in (progress(range(repeat), desc) if desc else range(repeat)):
+        order.shuffle(names)
+        for name in names:
+            fn = contenders[name]
+            gc.collect()
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def to_float(t) -> float:
@@ -107,13 +145,19 @@ def fmt(v) -> str:
     return str(v)
 
 
-def table(rows: list, columns: list, title: str | None = None) -> str:
-    """Print and return a plain-text table; ``rows`` are dicts keyed by ``columns``."""
-    cells = [[str(c) for c in columns]] + [[fmt(r.get(c, "")) for c in columns] for r in rows]
+def format_table(rows: list, columns: list, cell=fmt) -> str:
+    """A plain-text table of ``rows`` (dicts keyed by ``columns``), each value written by
+    ``cell``: right-aligned columns under a dashed rule (the demos' and the benchmarks')."""
+    cells = [[str(c) for c in columns]] + [[cell(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    text = "\n".join(([title] if title else []) + lines)
+    return "\n".join(lines)
+
+
+def table(rows: list, columns: list, title: str | None = None) -> str:
+    """Print and return a plain-text table (``format_table``) under an optional title."""
+    text = "\n".join(([title] if title else []) + [format_table(rows, columns)])
     print(text + "\n")
     return text
 

@@ -16,10 +16,6 @@ moment of the machine falls on every contender alike.
 """
 from __future__ import annotations
 
-import random
-import statistics
-import time
-
 import numpy as np
 
 import tinynorm as tn
@@ -116,31 +112,6 @@ def torch_contenders(shape, device: str):
     return found
 
 
-def interleaved(contenders: dict, repeat: int, sync, seed: int = 0) -> dict:
-    """Median seconds of each callable, every repetition running each contender once.
-
-    Each repetition runs the contenders in a fresh random order (seeded): a call right
-    after another contender's frees can pay for the memory the allocator handed back to the
-    system (page faults on tens of MB; up to 3x this call's time on the CPU). In a fixed
-    order, or a rotation of it, each contender would follow the same one every time, and that
-    cost would fall on some contenders only."""
-    for fn in contenders.values():  # warm-up: allocations, kernel compilation
-        fn()
-    sync()
-    times = {key: [] for key in contenders}
-    keys, order = list(contenders), random.Random(seed)
-    for _ in C.progress(range(repeat), desc="timing"):
-        order.shuffle(keys)
-        for key in keys:
-            fn = contenders[key]
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[key].append(time.perf_counter() - t0)
-    return {key: statistics.median(ts) for key, ts in times.items()}
-
-
 def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
          backend: str = "numpy") -> dict:
     size = "quick" if quick else backend
@@ -162,8 +133,9 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         contenders = tinynorm_contenders(shape, composed=backend == "numpy")
         if has_torch:
             contenders.update(torch_contenders(shape, torch_device))
-        seconds = interleaved(contenders, repeat,
-                              synchronizer(backend, has_torch and torch_device == "cuda"), seed)
+        sync = synchronizer(backend, has_torch and torch_device == "cuda")
+        seconds = C.interleaved(contenders, repeat, warmup=1, seed=seed, sync=sync,
+                                desc="timing")
 
     libraries = list(dict.fromkeys(lib for lib, _, _ in seconds))
     rows, speedups = [], {}
