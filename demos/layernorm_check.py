@@ -7,8 +7,9 @@ which "should be close to 0" and "close to 1". Here the class is ``tinynorm.mode
 (the seed's class, whose forward is ``F.layer_norm``), and the statistics are the seed's own
 calls, ``x.mean()``, ``x.std()``, ``output[0].mean(dim=-1)``, ``output[0].std(dim=-1)``, on
 tinynorm Tensors. ``std`` is PyTorch's: unbiased (divided by n − 1), so a perfectly
-normalised row of 512 shows √(512/511) ≈ 1.001, not 1. When PyTorch is installed, the seed's own PyTorch class runs on
-the same input beside it, and the largest difference is printed.
+normalised row of 512 shows √(512/511) ≈ 1.001, not 1. When PyTorch is installed, the
+seed's own PyTorch class runs on the same input beside it, and the largest difference is
+printed.
 """
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ last layers get the largest), Pre-LN gradients are about the same in every layer
 3); the last layer's gradient does not depend on the depth L for Post-LN and shrinks as
 1/√L for Pre-LN (Theorem 1); the Pre-LN stream's squared norm grows linearly in l (Lemma 2:
 between (1 + l/2)d and (1 + 3l/2)d), while the Post-LN stream stays at ||x||² ≈ d because
-every block ends in a LayerNorm. The verdict checks these in the paper's setting and reports what is measured,
-whether or not it matches.
+every block ends in a LayerNorm. The verdict checks these in the paper's setting and
+reports what is measured, whether or not it matches.
 """
 from __future__ import annotations
 
