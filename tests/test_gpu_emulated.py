@@ -232,8 +232,8 @@ def test_fused_backward_gives_the_leaf_the_kernels_own_dx(emulated, monkeypatch,
     assert dx.shape == shape and any(dx is a for a in made), f"{op}: x.grad is a copy"
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
-def test_float16_norms_run_the_float32_kernels(emulated, op):
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "softmax"])
+def test_float16_runs_the_float32_kernels(emulated, op):
     """float16 is computed in float32 (ops/_adjoint.compute_dtype), so on the GPU it launches
     the float32 kernels, where it used to take the reference path in float16. Results come
     back in float16, within one float16 ulp of the host op's (both round a float32 result)."""

@@ -129,6 +129,97 @@ def test_softmax_with_masked_minus_inf_entries():
     assert x.grad[0, 1] == 0 and not x.grad[1].any()
 
 
+# ---- float16 is computed in float32 -----------------------------------------------------------
+SLACK = 1.01  # float32's own rounding on top, a few 2^-24 relative per operation
+
+
+def rounding(exact):
+    """The most that rounding ``exact`` to float16 can move it: half an ulp, 2^-11 relative,
+    or 2^-25 absolute below 2^-14, where float16's spacing is the fixed 2^-24."""
+    return 2.0**-11 * np.abs(exact) + 2.0**-25
+
+
+def _float16_problem(shape, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 4).astype(np.float16)
+    g = rng.standard_normal(shape).astype(np.float16)
+    return x, g, x.astype(np.float64), g.astype(np.float64)
+
+
+FLOAT16_CASES = [((64, 256), -1), ((512, 1000), -1), ((300, 7, 5), 1)]
+
+
+@pytest.mark.parametrize("shape, dim", FLOAT16_CASES)
+def test_float16_softmax_rounds_an_exact_result_once(shape, dim):
+    """float16 softmax is computed in float32, as PyTorch's is, so y is the float16 rounding of
+    the exact value. Backward starts from that rounded y, ŷ (saved, as PyTorch saves it):
+    dx_j = ŷ_j (g_j − Σ_i g_i ŷ_i) then moves by at most ε_j |g_j − s| + y_j Σ_i |g_i| ε_i
+    (ε = rounding(y), s = Σ_i g_i y_i) before its own rounding. Computed in float16, all
+    three cases broke this bound (errors 2-4 times PyTorch's)."""
+    x, g, x64, g64 = _float16_problem(shape, seed=len(shape) + shape[-1])
+    e = np.exp(x64 - x64.max(axis=dim, keepdims=True))
+    y = e / e.sum(axis=dim, keepdims=True)
+    s = (g64 * y).sum(axis=dim, keepdims=True)
+    dx = y * (g64 - s)
+    t = leaf(x, np.float16)
+    out = tn.softmax(t, dim)
+    out.backward(g)
+    assert host(out).dtype == t.grad.dtype == np.float16
+    assert (np.abs(host(out) - y) <= SLACK * rounding(y)).all()
+    eps = rounding(y)
+    moved = eps * np.abs(g64 - s) + y * (np.abs(g64) * eps).sum(axis=dim, keepdims=True)
+    assert (np.abs(t.grad - dx) <= SLACK * (moved + rounding(dx))).all()
+
+
+@pytest.mark.parametrize("shape, dim", FLOAT16_CASES)
+def test_float16_log_softmax_rounds_an_exact_result_once(shape, dim):
+    """As softmax: y = x − log Σ e^x is the float16 rounding of the exact value, give or take
+    float32's own error in log Σ (a few 2^-24 absolute, which tells where y ≈ 0). Backward
+    dx = g − e^ŷ Σ g, with e^ŷ = p e^(ŷ − y): moved by at most p_j ε_j |Σ g| (ε the error
+    of ŷ) before its own rounding."""
+    x, g, x64, g64 = _float16_problem(shape, seed=2 * len(shape) + shape[-1])
+    m = x64.max(axis=dim, keepdims=True)
+    y = x64 - m - np.log(np.exp(x64 - m).sum(axis=dim, keepdims=True))
+    dx = g64 - np.exp(y) * g64.sum(axis=dim, keepdims=True)
+    t = leaf(x, np.float16)
+    out = tn.log_softmax(t, dim)
+    out.backward(g)
+    assert host(out).dtype == t.grad.dtype == np.float16
+    eps = SLACK * rounding(y) + 2.0**-22
+    assert (np.abs(host(out) - y) <= eps).all()
+    moved = np.exp(y) * eps * np.abs(g64.sum(axis=dim, keepdims=True))
+    assert (np.abs(t.grad - dx) <= SLACK * (moved + rounding(dx))).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_float16_cross_entropy_rounds_an_exact_result_once(reduction):
+    """The loss is the float16 rounding of the exact value (summed in float32 over 4096 rows),
+    and dx = a (p̂ − onehot) moves by at most |a| rounding(p) before its own rounding, p̂ the
+    saved float16 rounding of p. Computed in float16, the mean loss broke its bound, and dx
+    broke its bound in the other two cases."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4096, 64)) * 3).astype(np.float16)
+    target = rng.integers(0, 64, 4096)
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=1, keepdims=True)
+    p = np.exp(x64 - m) / np.exp(x64 - m).sum(axis=1, keepdims=True)
+    rows = np.arange(4096)
+    loss = -np.log(p[rows, target])
+    upstream = {"mean": np.float16(0.7), "sum": np.float16(-1.3),
+                "none": rng.standard_normal(4096).astype(np.float16)}[reduction]
+    a = np.broadcast_to(upstream.astype(np.float64) / (4096 if reduction == "mean" else 1),
+                        (4096,))[:, None]
+    dx = a * p
+    dx[rows, target] -= a[:, 0]
+    want = {"mean": loss.mean(), "sum": loss.sum(), "none": loss}[reduction]
+    t = leaf(x, np.float16)
+    out = F.cross_entropy(t, tn.tensor(target), reduction=reduction)
+    out.backward(np.asarray(upstream))
+    assert host(out).dtype == t.grad.dtype == np.float16
+    assert (np.abs(host(out) - want) <= SLACK * rounding(want)).all()
+    assert (np.abs(t.grad - dx) <= SLACK * (np.abs(a) * rounding(p) + rounding(dx))).all()
+
+
 # ---- kinks and repeated indices ---------------------------------------------------------------
 @pytest.mark.parametrize("op", ["relu", "abs"])
 def test_gradient_is_zero_at_the_kink(op):

@@ -138,6 +138,11 @@ def compute_dtype(dtype):
     return backend.float32 if dtype == backend.float16 else dtype
 
 
+def widened(dtype, *arrays) -> tuple:
+    """Each array as ``dtype`` (None stays None): the array itself where it already is."""
+    return tuple(None if a is None else a.astype(dtype, copy=False) for a in arrays)
+
+
 def normalize_dim(op: str, dim: int, ndim: int) -> int:
     """``dim`` as a non-negative axis, or an IndexError naming the op and the valid range."""
     if not -max(ndim, 1) <= dim < max(ndim, 1):

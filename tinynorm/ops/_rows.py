@@ -126,11 +126,6 @@ def check_norm_args(op: str, x, normalized_shape, weight=None, bias=None) -> tup
     return shape
 
 
-def widened(dtype, *arrays) -> tuple:
-    """Each array as ``dtype`` (None stays None): the array itself where it already is."""
-    return tuple(None if a is None else a.astype(dtype, copy=False) for a in arrays)
-
-
 def as_rows(x, normalized_shape: tuple):
     """x as a C-contiguous (rows, n) array, n the elements of the trailing
     ``normalized_shape`` and rows the product of the dims before it: a view when x is

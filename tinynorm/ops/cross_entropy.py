@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import require_float
+from ._adjoint import compute_dtype, require_float, widened
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -34,6 +34,8 @@ class CrossEntropy(Function):
     def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
         xp = backend.array_module(x, target, weight)
         rows, classes = x.shape
+        dtype = x.dtype
+        x, weight = widened(compute_dtype(dtype), x, weight)  # float16 is computed in float32
         valid = target != ignore_index
         safe_t = xp.where(valid, target, 0)  # any class works: these rows are masked below
         rows_idx = xp.arange(rows)
@@ -57,22 +59,23 @@ class CrossEntropy(Function):
         del shifted
         if ctx.recording:  # softmax(x), for backward alone: p is our own array, in place
             p /= sum_exp[:, None]
+            p = p.astype(dtype, copy=False)  # saved in the input's dtype
 
         ctx.reduction, ctx.label_smoothing = reduction, label_smoothing
         ctx.mean_scale = None
         ctx.save_for_backward(p, safe_t, valid, w_t, weight)
         if reduction == "none":
-            return loss
+            return loss.astype(dtype, copy=False)
         total = loss.sum()
         if reduction == "sum":
-            return xp.asarray(total, dtype=x.dtype)
+            return xp.asarray(total, dtype=dtype)
         denominator = w_t.sum()
         if not bool(denominator != 0):
             # Every row ignored: the loss is 0/0 = nan and the gradient 0, both as PyTorch.
             ctx.mean_scale = x.dtype.type(0)
-            return xp.asarray(float("nan"), dtype=x.dtype)
+            return xp.asarray(float("nan"), dtype=dtype)
         ctx.mean_scale = 1 / denominator
-        return xp.asarray(total / denominator, dtype=x.dtype)
+        return xp.asarray(total / denominator, dtype=dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -89,10 +92,13 @@ class CrossEntropy(Function):
         In code: dx = p · (a·Q) per row, then subtract a·(ε/C)·w from every entry and
         a·(1 − ε)·w_t at the target; Q = (1 − ε)·w_t + (ε/C)·Σ_c w_c on valid rows.
 
-        Saves p = softmax(x) (C values per row, computed in forward anyway), the targets,
-        the row mask and w_t (one value each per row) and the class weights (C values).
+        Saves p = softmax(x) (C values per row, computed in forward anyway, in x's dtype),
+        the targets, the row mask and w_t (one value each per row) and the class weights
+        (C values). float16 is computed in float32, as in forward: w_t and the weights are
+        float32 already, p is widened and dx rounds to float16 once.
         """
-        p, safe_t, valid, w_t, weight = ctx.saved_tensors
+        saved, safe_t, valid, w_t, weight = ctx.saved_tensors
+        p, grad_out = widened(compute_dtype(saved.dtype), saved, grad_out)
         xp = backend.array_module(p, grad_out)
         rows, classes = p.shape
         eps = ctx.label_smoothing
@@ -111,7 +117,7 @@ class CrossEntropy(Function):
             w = weight if weight is not None else p.dtype.type(1)
             dx -= (a * valid)[:, None] * ((eps / classes) * w)
         dx[xp.arange(rows), safe_t] -= a * ((1 - eps) * w_t)
-        return dx, None, None, None, None, None
+        return dx.astype(saved.dtype, copy=False), None, None, None, None, None
 
 
 IGNORE_INDEX = -100  # PyTorch's default: targets with this class are left out of the loss

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._adjoint import compute_dtype
+from ._adjoint import compute_dtype, widened
 from ._rows import (as_block_rows, as_rows, check_norm_args, column_parts, column_total,
                     for_each_block, kernel_blocks, outer, outer_factor, require_tensors,
-                    row_blocks, row_dot, widened)
+                    row_blocks, row_dot)
 
 
 class LayerNorm(Function):
