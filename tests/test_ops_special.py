@@ -273,6 +273,82 @@ def test_mixed_float_dtypes_promote_and_each_input_gets_its_own_dtype():
     np.testing.assert_array_equal(host(b.grad), [1.5, 4.0])
 
 
+TORCH_DTYPES = {np.dtype(name): getattr(torch, name) for name in
+                ("float16", "float32", "float64", "int64", "int32", "uint8", "bool")}
+OPERANDS = ([("tensor", name) for name in ("float16", "float32", "float64", "int64", "int32",
+                                          "bool", "uint8")]
+            + [("0-d", name) for name in ("float16", "float32", "float64", "int64", "bool")]
+            + [("number", v) for v in (2, 1.5, True, np.float64(1.5), np.float32(1.5),
+                                      np.int32(2))])
+
+
+def _operand(kind, value):
+    """(tinynorm operand, torch operand) of one kind: a tensor with dims, 0-d, or a number."""
+    if kind == "number":
+        return value, value
+    array = np.array([1, 2, 3] if kind == "tensor" else 2).astype(value)
+    return tn.tensor(array), torch.tensor(array)
+
+
+def _dtype_or_error(make):
+    try:
+        return make().dtype
+    except (TypeError, ValueError, RuntimeError):
+        return "error"
+
+
+def _where(a, b):
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.where(torch.tensor([True, False, True]), a, b)
+    return tn.where(tn.tensor(np.array([True, False, True])), a, b)
+
+
+BINARY = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+          "div": lambda a, b: a / b, "where": _where}
+
+
+@pytest.mark.parametrize("op", list(BINARY))
+def test_elementwise_results_take_pytorchs_dtype(op):
+    """PyTorch's type promotion, not NumPy's: the highest category (bool < int < float) wins,
+    its dtype taken from tensors with dims, then 0-d tensors, then numbers (the default
+    float32 or int64); NumPy scalars count as numbers; int / int is float32; bool − bool is
+    an error. NumPy gave float64 for float32 / np.sqrt(3), float32 · an int tensor and
+    float32 + a 0-d float64 tensor, silently doubling a float32 model's memory."""
+    mismatches = []
+    for a in OPERANDS:
+        for b in OPERANDS:
+            if a[0] == b[0] == "number":
+                continue
+            (ta, pa), (tb, pb) = _operand(*a), _operand(*b)
+            want = _dtype_or_error(lambda: BINARY[op](pa, pb))
+            got = _dtype_or_error(lambda: BINARY[op](ta, tb))
+            if TORCH_DTYPES.get(got, got) != want:
+                mismatches.append(f"{a} {op} {b}: {got}, PyTorch {want}")
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_pow_takes_pytorchs_dtype_and_names_negative_integer_powers():
+    for kind, name in OPERANDS[:12]:
+        for p in (2, 2.0, np.float64(2), np.float32(0.5), np.int32(3), 0):
+            t, pt = _operand(kind, name)
+            assert TORCH_DTYPES[(t ** p).dtype] == (pt ** p).dtype, (kind, name, p)
+    with pytest.raises(ValueError, match=r"pow: an integer tensor \(dtype int64\) to a "
+                                         r"negative integer power \(-1\)"):
+        tn.tensor([1, 2]) ** -1
+
+
+def test_promoted_operands_get_gradients_in_their_own_dtypes():
+    """float32 · a 0-d float64 tensor computes in float32, as PyTorch; the float64 scalar's
+    gradient comes back in float64, summed over the broadcast."""
+    a, s = leaf([1.5, 2.0], np.float32), leaf(3.0, np.float64)
+    y = a * s / np.sqrt(np.float64(4.0))
+    assert y.dtype == np.float32
+    y.backward(np.array([1.0, -2.0], np.float32))
+    assert a.grad.dtype == np.float32 and s.grad.dtype == np.float64
+    np.testing.assert_allclose(host(a.grad), [1.5, -3.0])
+    np.testing.assert_allclose(host(s.grad), (1.5 - 4.0) / 2)
+
+
 def test_zero_dim_results_are_arrays():
     """NumPy returns scalars from 0-d reductions and ufuncs; a Tensor always holds an array
     (a scalar would break in-place updates such as an optimizer's ``p.data -= lr * g``)."""

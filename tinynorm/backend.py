@@ -32,7 +32,13 @@ float64 = numpy.dtype("float64")
 int32 = numpy.dtype("int32")
 int64 = numpy.dtype("int64")
 bool_ = numpy.dtype("bool")
+complex64 = numpy.dtype("complex64")
 DEFAULT_FLOAT = float32
+
+
+def result_type(*dtypes):
+    """NumPy's promotion of ``dtypes`` alone (dtypes, not arrays: CuPy's are NumPy's)."""
+    return numpy.result_type(*dtypes)
 
 _cupy = None
 _current = "numpy"

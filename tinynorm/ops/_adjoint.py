@@ -96,6 +96,73 @@ def operand_shapes(op: str, *operands) -> tuple:
     return shapes
 
 
+_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}  # PyTorch's order: bool < int < float
+
+
+def _category(a) -> int:
+    """0 for bool, 1 for integers, 2 for floats, 3 for complex, of an array or a number."""
+    kind = a.dtype.kind if hasattr(a, "dtype") else \
+        "b" if isinstance(a, bool) else "i" if isinstance(a, int) else \
+        "f" if isinstance(a, float) else "c" if isinstance(a, complex) else None
+    if kind not in _CATEGORY:
+        raise TypeError(f"expected numbers or numeric tensors, got {type(a).__name__}"
+                        + (f" of dtype {a.dtype}" if hasattr(a, "dtype") else ""))
+    return _CATEGORY[kind]
+
+
+def result_dtype(*operands):
+    """The dtype PyTorch's type promotion gives an elementwise op on ``operands`` (arrays,
+    Python numbers, NumPy scalars). The highest category (bool < int < float) wins, and its
+    dtype comes from the operands of that category that rank highest: tensors with dims,
+    then 0-d tensors, then numbers, whose dtype is the default one (float32, int64). So
+    float32 times a NumPy float64 scalar, float32 + a 0-d float64 tensor and int64 · float32
+    are float32, where NumPy gives float64; an int64 tensor + 1.5 is float32, NumPy's
+    float64."""
+    category = max(_category(a) for a in operands)
+    for rank in (lambda a: a.ndim > 0, lambda a: a.ndim == 0):
+        dtypes = [a.dtype for a in operands
+                  if backend.is_array(a) and rank(a) and _category(a) == category]
+        if dtypes:
+            return backend.result_type(*dtypes)
+    return (backend.bool_, backend.int64, backend.DEFAULT_FLOAT, backend.complex64)[category]
+
+
+_NUMBERS = {bool: 0, int: 1, float: 2, complex: 3}  # Python numbers' categories
+
+
+def _unchanged(operands, floating: bool) -> bool:
+    """True in the common cases that need no cast: arrays of one dtype, with Python numbers
+    of no higher category (x * 0.5 on float32), and a float dtype if ``floating``."""
+    dtype = None
+    for a in operands:
+        if backend.is_array(a):
+            if dtype is None:
+                dtype = a.dtype
+            elif a.dtype != dtype:
+                return False
+    if dtype is None or (floating and dtype.kind != "f"):
+        return False
+    top = _CATEGORY.get(dtype.kind, -1)
+    return all(backend.is_array(a) or _NUMBERS.get(type(a), 9) <= top for a in operands)
+
+
+def promoted(op: str, *operands, floating: bool = False) -> tuple:
+    """``operands`` cast to ``result_dtype`` (arrays with ``astype``, no copy when already
+    there; numbers stay numbers, NumPy scalars become Python numbers, which NumPy then
+    treats as weak, as PyTorch treats all numbers). ``floating``: a bool or integer result
+    becomes the default float dtype instead (true division, as PyTorch's)."""
+    if _unchanged(operands, floating):
+        return operands
+    try:
+        dtype = result_dtype(*operands)
+    except TypeError as error:
+        raise TypeError(f"{op}: {error}") from None
+    if floating and dtype.kind not in "fc":
+        dtype = backend.DEFAULT_FLOAT
+    return tuple(a.astype(dtype, copy=False) if backend.is_array(a)
+                 else a.item() if hasattr(a, "item") else a for a in operands)
+
+
 def broadcast_shape(op: str, *shapes):
     """The broadcast shape of ``shapes``, or a ValueError naming the op and every shape."""
     try:

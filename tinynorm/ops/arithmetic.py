@@ -1,14 +1,16 @@
 """Elementwise arithmetic with NumPy broadcasting: add, sub, mul, div, neg, pow.
 
-Each binary op takes Tensors or Python numbers. The backward of each is the local
-derivative times ``grad_out``, summed back to the input's shape by ``unbroadcast``.
+Each binary op takes Tensors or Python numbers, and its result has the dtype PyTorch's type
+promotion gives (``_adjoint.result_dtype``), not NumPy's. The backward of each is the local
+derivative times ``grad_out``, summed back to the input's shape by ``unbroadcast``; the engine
+hands each input its gradient in its own dtype.
 """
 from __future__ import annotations
 
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import operand_shapes, unbroadcast
+from ._adjoint import operand_shapes, promoted, unbroadcast
 
 
 class Add(Function):
@@ -16,6 +18,7 @@ class Add(Function):
 
     @staticmethod
     def forward(ctx, a, b):
+        a, b = promoted("add", a, b)
         ctx.shapes = operand_shapes("add", a, b)
         return a + b
 
@@ -32,6 +35,11 @@ class Sub(Function):
 
     @staticmethod
     def forward(ctx, a, b):
+        if any(v.dtype.kind == "b" if hasattr(v, "dtype") else isinstance(v, bool)
+               for v in (a, b)):
+            raise TypeError("sub: subtraction with a bool tensor or value is not supported, "
+                            "as in PyTorch; for masks use ~ (not) or ^ (xor)")
+        a, b = promoted("sub", a, b)
         ctx.shapes = operand_shapes("sub", a, b)
         return a - b
 
@@ -48,6 +56,7 @@ class Mul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
+        a, b = promoted("mul", a, b)
         ctx.shapes = operand_shapes("mul", a, b)
         # each gradient needs only the *other* factor
         ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
@@ -68,6 +77,7 @@ class Div(Function):
 
     @staticmethod
     def forward(ctx, a, b):
+        a, b = promoted("div", a, b, floating=True)  # true division: int / int is float32
         ctx.shapes = operand_shapes("div", a, b)
         y = a / b
         ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
@@ -104,6 +114,10 @@ class Pow(Function):
 
     @staticmethod
     def forward(ctx, x, p):
+        x, p = promoted("pow", x, p)
+        if x.dtype.kind in "biu" and p < 0:
+            raise ValueError(f"pow: an integer tensor (dtype {x.dtype}) to a negative integer "
+                             f"power ({p}) is not an integer; expected p >= 0 or a float tensor")
         ctx.p = p
         ctx.save_for_backward(x)
         return x ** p

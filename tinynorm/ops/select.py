@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, operand_shapes, require_bool, unbroadcast
+from ._adjoint import broadcast_shape, operand_shapes, promoted, require_bool, unbroadcast
 
 
 class Where(Function):
@@ -13,6 +13,7 @@ class Where(Function):
     @staticmethod
     def forward(ctx, cond, a, b):
         require_bool("where", "condition", cond)
+        a, b = promoted("where", a, b)
         ctx.shapes = operand_shapes("where", cond, a, b)[1:]  # all three checked; a's, b's kept
         ctx.save_for_backward(cond)
         xp = backend.array_module(cond, a, b)
