@@ -73,6 +73,27 @@ def test_random_factories():
     assert tn.rand(3, requires_grad=True).requires_grad
 
 
+def test_float16_random_draws_are_float32_draws_rounded():
+    """NumPy's generator has no float16 ("Unsupported dtype float16 for random"), so randn,
+    rand, float16 layers' init and float16 dropout all failed on the CPU (CuPy's draws float32
+    and casts). Now each is the seed's float32 draw, rounded, and rand stays below 1."""
+    for factory in (tn.randn, tn.rand):
+        tn.manual_seed(3)
+        half = factory(50_000, dtype=tn.float16).numpy()
+        tn.manual_seed(3)
+        single = factory(50_000, dtype=tn.float32).numpy()
+        assert half.dtype == np.float16
+        np.testing.assert_array_equal(half[half < 0.999], single.astype(np.float16)[half < 0.999])
+    assert tn.rand(200_000, dtype=tn.float16).numpy().max() < 1  # 0.9998 would round to 1
+    assert tn.nn.Linear(4, 3, dtype=tn.float16).weight.dtype == np.float16
+    x = tn.tensor(np.ones(20_000, np.float16), requires_grad=True)
+    y = tn.nn.functional.dropout(x, 0.25)
+    y.backward(np.full(20_000, 3.0, np.float16))
+    kept = y.detach().numpy() != 0
+    assert y.dtype == x.grad.dtype == np.float16 and abs(kept.mean() - 0.75) < 0.02
+    np.testing.assert_array_equal(x.grad, np.where(kept, np.float16(4.0), 0))
+
+
 def test_like_factories_copy_shape_dtype_and_device():
     base = tn.tensor(np.ones((2, 3), dtype=np.float64))
     for make in (tn.zeros_like, tn.ones_like, tn.empty_like, tn.randn_like, tn.rand_like):

@@ -105,6 +105,29 @@ def test_float16_sums_in_float32_as_torch():
         np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=1e-3)
 
 
+@pytest.mark.parametrize("case", ["one outlier", "wide spread"])
+def test_float16_deviations_past_256_are_squared_in_float32(case):
+    """(x − μ)² was squared in float16: a deviation past 256 is past 65504, so var was inf, and
+    std too (var rounded to float16 before the root). Now μ, the deviations, σ² and its
+    root are float32, each result rounded once, and dx comes from the same float32 maths:
+    both within a float16 ulp of PyTorch's float16 results and of the float64 maths."""
+    x = np.zeros((3, 1000)) if case == "one outlier" else np.tile(np.arange(64.0) * 9, (3, 1))
+    x[:, 0] = 600 if case == "one outlier" else x[:, 0]
+    x = x.astype(np.float16)
+    g = rng.standard_normal(3).astype(np.float16)
+    for name in ("var", "std"):
+        t = tn.tensor(x, requires_grad=True)
+        y = getattr(t, name)(dim=1)
+        y.backward(g)
+        ref = torch.tensor(x.astype(np.float64), requires_grad=True)
+        want = getattr(ref, name)(dim=1)
+        want.backward(torch.tensor(g.astype(np.float64)))
+        assert host(y).dtype == t.grad.dtype == np.float16 and np.isfinite(host(y)).all()
+        for got, exact in ((host(y), want.detach().numpy()), (t.grad, ref.grad.numpy())):
+            ulp = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
+            assert (np.abs(got - exact) <= ulp).all(), name
+
+
 def test_the_seeds_composed_layer_norm_matches_the_fused_op():
     """Written as the seed writes it (``tinynorm.models.ComposedLayerNorm``: mean,
     var(unbiased=False), sqrt, scale and shift, each a separate op), the composed LayerNorm

@@ -239,6 +239,24 @@ def generator(xp_module):
     return gen
 
 
+def random(xp_module, shape, dtype):
+    """Uniform samples on [0, 1) in ``dtype`` from the backend's generator. float16 is drawn
+    in float32 (NumPy's generator has none; CuPy's draws float32 and casts), then rounded,
+    and a value that rounds up to 1 is kept just below it."""
+    if numpy.dtype(dtype) != float16:
+        return generator(xp_module).random(shape, dtype=dtype)
+    u = generator(xp_module).random(shape, dtype=float32).astype(float16)
+    return xp_module.minimum(u, numpy.nextafter(float16.type(1), float16.type(0)), out=u)
+
+
+def standard_normal(xp_module, shape, dtype):
+    """Standard normal samples in ``dtype`` from the backend's generator; float16 is drawn in
+    float32 and rounded, as ``random``."""
+    if numpy.dtype(dtype) != float16:
+        return generator(xp_module).standard_normal(shape, dtype=dtype)
+    return generator(xp_module).standard_normal(shape, dtype=float32).astype(float16)
+
+
 def erfc(a):
     """The complementary error function 1 − erf(a), computed without the subtraction, on
     either backend (SciPy on CPU, cupyx on GPU)."""

@@ -101,14 +101,14 @@ def randn(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
     """Standard normal samples."""
     xp = _xp(device, "tinynorm.randn")
     dt = _dtype(dtype)
-    data = backend.generator(xp).standard_normal(_size(size), dtype=dt)
+    data = backend.standard_normal(xp, _size(size), dt)
     return Tensor(data, requires_grad=requires_grad)
 
 
 def rand(*size, dtype=None, device=None, requires_grad=False) -> Tensor:
     """Uniform samples on [0, 1)."""
     xp = _xp(device, "tinynorm.rand")
-    data = backend.generator(xp).random(_size(size), dtype=_dtype(dtype))
+    data = backend.random(xp, _size(size), _dtype(dtype))
     return Tensor(data, requires_grad=requires_grad)
 
 

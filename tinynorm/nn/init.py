@@ -56,20 +56,16 @@ def _calculate_correct_fan(tensor, mode: str) -> int:
     return fan_in if mode == "fan_in" else fan_out
 
 
-def _generator(tensor):
-    return backend.generator(backend.array_module(tensor.data))
-
-
 def uniform_(tensor, a: float = 0.0, b: float = 1.0):
     """Fill with U(a, b)."""
-    u = _generator(tensor).random(tensor.shape, dtype=tensor.dtype)
+    u = backend.random(backend.array_module(tensor.data), tensor.shape, tensor.dtype)
     tensor.data[...] = a + (b - a) * u
     return tensor
 
 
 def normal_(tensor, mean: float = 0.0, std: float = 1.0):
     """Fill with N(mean, std²)."""
-    z = _generator(tensor).standard_normal(tensor.shape, dtype=tensor.dtype)
+    z = backend.standard_normal(backend.array_module(tensor.data), tensor.shape, tensor.dtype)
     tensor.data[...] = mean + std * z
     return tensor
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from .. import backend
 from ..autograd import Function
-from ._adjoint import require_float
+from ._adjoint import compute_dtype, require_float
 
 
 def keep_mask(shape, p, dtype, xp):
     """Which elements survive dropout with probability p: a bool array, each True with
-    probability 1 − p, drawn from the backend's generator (reproducible with manual_seed)."""
-    return backend.generator(xp).random(shape, dtype=dtype) >= p
+    probability 1 − p, drawn from the backend's generator (reproducible with manual_seed) in
+    ``dtype``, float32 for float16 (whose 2^-11 steps would move p)."""
+    return backend.random(xp, shape, compute_dtype(dtype)) >= p
 
 
 def keep_scale(p: float) -> float:

@@ -9,7 +9,7 @@ import math
 
 from .. import backend, kernels
 from ..autograd import Function
-from ._adjoint import require_float
+from ._adjoint import compute_dtype, require_float, widened
 from ._rows import BLOCK_ELEMENTS, for_each_block, get_num_threads, slices
 
 
@@ -73,10 +73,11 @@ class Abs(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice). Saves x (the input, no new
-        memory) and takes its sign here."""
+        """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice), and 0 at NaN, as PyTorch's sign.
+        Saves x (the input, no new memory) and takes its sign here."""
         (x,) = ctx.saved_tensors
-        return grad_out * backend.array_module(x).sign(x)
+        xp = backend.array_module(x)
+        return grad_out * xp.nan_to_num(xp.sign(x))
 
 
 class Tanh(Function):
@@ -108,9 +109,10 @@ class ReLU(Function):
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = 1 where x > 0, else 0 (0 at x = 0, as PyTorch). x > 0 ⇔ y > 0, so the
-        output is saved (alive anyway) instead of the input."""
+        output is saved (alive anyway) instead of the input. Written as "not y ≤ 0" so that a
+        NaN input (y = NaN) passes grad_out through, as PyTorch's does."""
         (y,) = ctx.saved_tensors
-        return grad_out * (y > 0)
+        return grad_out * ~(y <= 0)
 
 
 def elementwise(fn, *arrays, writes_out=False):
@@ -183,7 +185,9 @@ class GELU(Function):
     erf runs on one core and costs as much as a matrix product of the same size, so both
     passes go through ``elementwise``: blocks of the array shared out over the threads.
     Exact float32 GELU on the CPU runs compiled kernels where numba is installed
-    (``kernels.cpu_gelu``: the same formulas in one pass, without SciPy's erf).
+    (``kernels.cpu_gelu``: the same formulas in one pass, without SciPy's erf). float16 is
+    computed in float32 (``compute_dtype``, as PyTorch) and rounded once: SciPy's erfc has no
+    float16, and its float64 result made small float16 inputs come back float64.
     """
 
     @staticmethod
@@ -193,9 +197,12 @@ class GELU(Function):
             raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
         ctx.approximate = approximate
         ctx.save_for_backward(x)
-        if approximate == "none" and _compiled_gelu(x):
-            return elementwise(kernels.cpu_gelu.gelu_forward, x, writes_out=True)
-        return elementwise(_gelu_none if approximate == "none" else _gelu_tanh, x)
+        (xc,) = widened(compute_dtype(x.dtype), x)
+        if approximate == "none" and _compiled_gelu(xc):
+            y = elementwise(kernels.cpu_gelu.gelu_forward, xc, writes_out=True)
+        else:
+            y = elementwise(_gelu_none if approximate == "none" else _gelu_tanh, xc)
+        return y.astype(x.dtype, copy=False)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -206,11 +213,14 @@ class GELU(Function):
 
         Saves x; Φ, φ and t are recomputed (one array of x's size held, not three).
         """
-        (x,) = ctx.saved_tensors
-        if ctx.approximate == "none" and _compiled_gelu(x, grad_out):
-            return elementwise(kernels.cpu_gelu.gelu_backward, x, grad_out, writes_out=True), None
-        grad = _gelu_none_backward if ctx.approximate == "none" else _gelu_tanh_backward
-        return elementwise(grad, x, grad_out), None
+        (saved,) = ctx.saved_tensors
+        x, g = widened(compute_dtype(saved.dtype), saved, grad_out)
+        if ctx.approximate == "none" and _compiled_gelu(x, g):
+            dx = elementwise(kernels.cpu_gelu.gelu_backward, x, g, writes_out=True)
+        else:
+            grad = _gelu_none_backward if ctx.approximate == "none" else _gelu_tanh_backward
+            dx = elementwise(grad, x, g)
+        return dx.astype(saved.dtype, copy=False), None
 
 
 def _compiled_gelu(*arrays) -> bool:
