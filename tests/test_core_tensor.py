@@ -73,6 +73,34 @@ def test_random_factories():
     assert tn.rand(3, requires_grad=True).requires_grad
 
 
+def test_tensor_of_a_list_of_tensors_takes_their_values_and_dtypes_as_pytorch():
+    """A list of Tensors made an object array (tensor(tensor(3.), dtype=object) for its sum);
+    now their values, without grad, in their own dtype, as torch.tensor does."""
+    x = tn.tensor(1.5, requires_grad=True)
+    made = tn.tensor([x, x * 2, tn.tensor(np.float64(4.0))])
+    assert made.dtype == np.float64 and made.tolist() == [1.5, 3.0, 4.0]
+    assert not made.requires_grad and made.grad_fn is None
+    assert tn.tensor([np.float64(1.0)]).dtype == np.float64  # a NumPy scalar keeps its dtype
+    assert tn.tensor([1.0, 2]).dtype == np.float32  # Python numbers alone: the default
+
+
+def test_zero_on_a_tensor_that_requires_grad_needs_no_grad():
+    """zero_() on x after y = (x·w).sum() gave w a gradient of 0, silently: the forward had
+    saved x. PyTorch refuses a leaf; without version counters, tinynorm refuses any tensor
+    that requires grad while grad mode is on."""
+    x, w = tn.tensor([1.0, 2.0], requires_grad=True), tn.tensor([3.0, 4.0], requires_grad=True)
+    y = (x * w).sum()
+    with pytest.raises(RuntimeError, match=r"zero_: a tensor of shape \(2,\) that requires grad"):
+        x.zero_()
+    with pytest.raises(RuntimeError, match="zero_"):
+        (x * 1).zero_()
+    y.backward()
+    np.testing.assert_array_equal(w.grad, [1.0, 2.0])
+    with tn.no_grad():
+        x.zero_()
+    assert x.tolist() == [0.0, 0.0] and tn.tensor([5.0]).zero_().tolist() == [0.0]
+
+
 def test_float16_random_draws_are_float32_draws_rounded():
     """NumPy's generator has no float16 ("Unsupported dtype float16 for random"), so randn,
     rand, float16 layers' init and float16 dropout all failed on the CPU (CuPy's draws float32

@@ -115,6 +115,43 @@ def test_pow_rejects_tensor_exponents():
         t(2) ** t(2)
 
 
+BAD_ARGUMENTS = [  # (error, message pattern, call): each was NumPy's or Python's error, or none
+    (TypeError, r"sum: dim must be an int or a tuple of ints, got 1\.0", lambda: t(2, 3).sum(1.0)),
+    (ValueError, r"sum: dims \(0, 0\) name one dim more than once", lambda: t(2).sum((0, 0))),
+    (TypeError, r"reshape: sizes must be ints, got 2\.0 in \(2\.0, 3\)",
+     lambda: t(2, 3).reshape(2.0, 3)),  # int() made it 2
+    (ValueError, r"cat: tensor 0 is 0-d", lambda: tn.cat([t()])),
+    (ValueError, r"split: a 0-d tensor has no dim", lambda: tn.split(t(), 1)),
+    (ValueError, r"chunk: a 0-d tensor has no dim", lambda: tn.chunk(t(), 2)),
+    (TypeError, r"stack: tensor 1 has dtype float32, tensor 0 has float64",  # named "cat"
+     lambda: tn.stack([t(2), t(2, dtype=np.float32)])),
+    (TypeError, r"masked_fill: value must be a number .* float64 tensor can hold, got 'x'",
+     lambda: t(2).masked_fill(mask(2), "x")),
+    (TypeError, r"max: the elementwise form max\(input, other\) is not supported",
+     lambda: tn.max(t(2), t(2))),  # read the tensor as dims
+    (TypeError, r"matmul: other must be a tensor, got list",
+     lambda: t(2, 3) @ [[1.0], [2.0], [3.0]]),
+    (TypeError, r"linear: weight must be a tensor, got list",
+     lambda: F.linear(t(2, 3), [[1.0, 2.0, 3.0]])),
+    (TypeError, r"add: expected numbers or numeric tensors, got str", lambda: t(2) + "x"),
+    (TypeError, r"sub: subtraction with a bool tensor", lambda: mask(2) - mask(2)),
+    (ValueError, r"pow: an integer tensor \(dtype int64\) to a negative integer power",
+     lambda: tn.tensor([1, 2]) ** -1),
+    (ValueError, r"tinynorm\.tensor: expected a number, an array or a nested sequence",
+     lambda: tn.tensor([[1.0], [1.0, 2.0]])),
+    (TypeError, r"tinynorm\.tensor: expected numbers, got elements of str",
+     lambda: tn.tensor(["a"])),  # was a tensor of dtype <U1
+]
+
+
+@pytest.mark.parametrize("error, pattern, call", BAD_ARGUMENTS,
+                         ids=[p.split(":")[0] + f"-{i}" for i, (_, p, _) in
+                              enumerate(BAD_ARGUMENTS)])
+def test_bad_arguments_are_named_by_the_op(error, pattern, call):
+    with pytest.raises(error, match="^" + pattern):
+        call()
+
+
 def test_getitem_out_of_range_names_the_shape():
     with pytest.raises(IndexError, match=re.escape("getitem: ") + ".*" + re.escape("(2, 3)")):
         t(2, 3)[5]

@@ -403,6 +403,67 @@ def test_promoted_operands_get_gradients_in_their_own_dtypes():
     np.testing.assert_allclose(host(s.grad), (1.5 - 4.0) / 2)
 
 
+REDUCTIONS = {"sum": {}, "mean": {}, "max": {}, "var": {"unbiased": False},
+              "std": {"unbiased": False}}
+
+
+@pytest.mark.parametrize("op", list(REDUCTIONS))
+def test_a_0d_tensor_takes_dims_0_and_minus_1_and_dim_empty_reduces_every_dim(op):
+    """As PyTorch: dim 0 or −1 of a 0-d tensor reduces nothing (NumPy raised AxisError or
+    IndexError), and dim=() or [] reduces every dim (it reduced none)."""
+    kwargs = REDUCTIONS[op]
+    scalar = np.array(2.5)
+    for dim in (0, -1, (0,), ()):
+        x = leaf(scalar)
+        y = getattr(x, op)(dim=dim, **kwargs)
+        y.backward(np.array(3.0))
+        t = torch.tensor(scalar, requires_grad=True)
+        want = getattr(t, op)(dim=dim, **kwargs) if op != "max" else t.amax(dim=dim)
+        want.backward(torch.tensor(3.0))
+        np.testing.assert_array_equal(host(y), want.detach().numpy())
+        np.testing.assert_array_equal(host(x.grad), t.grad.numpy())
+    values = np.arange(6.0).reshape(2, 3)
+    for dim in ((), []):
+        got = getattr(leaf(values), op)(dim=dim, **kwargs)
+        t = torch.tensor(values)
+        want = getattr(t, op)(dim=dim, **kwargs) if op != "max" else t.amax(dim=dim)
+        assert host(got).shape == () and np.isclose(host(got), want.numpy()), dim
+
+
+def test_transpose_of_a_0d_tensor_and_an_empty_index_as_pytorch():
+    assert host(leaf(2.0).transpose(0, -1)) == 2.0  # IndexError before
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    y = x[[]]  # NumPy: "arrays used as indices must be of integer type"
+    assert y.shape == (0, 3)
+    y.sum().backward()
+    assert (host(x.grad) == 0).all()
+
+
+@pytest.mark.parametrize("base", [2, 0.5, 2.0, 0, -2.0])
+def test_a_number_to_a_tensors_power_matches_pytorch(base):
+    """``c ** x`` (``__rpow__``; a TypeError before): y = c^x, dx = g · y · ln c, with
+    PyTorch's 0 where c = 0 and x ≥ 0, and NaN for c < 0."""
+    values = np.array([-1.5, 0.0, 0.5, 2.0])
+    g = np.array([1.0, 2.0, -3.0, 0.5])
+    x = leaf(values)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = base ** x
+        y.backward(g)
+    t = torch.tensor(values, requires_grad=True)
+    want = base ** t
+    want.backward(torch.tensor(g))
+    np.testing.assert_allclose(host(y), want.detach().numpy(), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(host(x.grad), t.grad.numpy(), rtol=1e-12, equal_nan=True)
+    assert (2 ** tn.tensor([1, 2])).dtype == np.int64
+    assert (2.0 ** tn.tensor([1])).dtype == np.float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(x=arrays(shapes(max_dims=2, max_side=4)), base=st.floats(0.1, 5.0))
+def test_a_number_to_a_tensors_power_gradcheck(x, base):
+    gradcheck(lambda t: base ** t, (leaf(x),))
+
+
 def test_zero_dim_results_are_arrays():
     """NumPy returns scalars from 0-d reductions and ufuncs; a Tensor always holds an array
     (a scalar would break in-place updates such as an optimizer's ``p.data -= lr * g``)."""

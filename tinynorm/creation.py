@@ -52,10 +52,34 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         arr = backend.module(name).array(backend.to_numpy(data) if name == "numpy" else data,
                                          dtype=dtype_)
     else:
-        arr = _xp(device, "tinynorm.tensor").array(data, dtype=dtype_)
-        if dtype is None and arr.dtype.kind == "f" and not hasattr(data, "dtype"):
+        data, typed = _host_items(data)
+        xp = _xp(device, "tinynorm.tensor")
+        try:
+            arr = xp.array(data, dtype=dtype_)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"tinynorm.tensor: expected a number, an array or a nested "
+                             f"sequence of equal-length sequences of numbers ({err})") from None
+        if arr.dtype.kind not in "biufc":
+            raise TypeError(f"tinynorm.tensor: expected numbers, got elements of "
+                            f"{type(arr.reshape(-1)[0]).__name__ if arr.size else 'no type'}")
+        if dtype is None and arr.dtype.kind == "f" and not typed:
             arr = arr.astype(backend.DEFAULT_FLOAT)
     return Tensor(arr, requires_grad=requires_grad)
+
+
+def _host_items(data):
+    """(data, typed): a nested list or tuple with each Tensor or array in it as a host
+    array (as PyTorch, ``tensor([t1, t2])`` takes the values, without grad), and whether any
+    element has a dtype of its own (a tensor, an array, a NumPy scalar), which then decides
+    the dtype as in PyTorch; Python floats alone make float32."""
+    if isinstance(data, Tensor):
+        return backend.to_numpy(data.data), True
+    if backend.is_array(data):
+        return backend.to_numpy(data), True
+    if isinstance(data, (list, tuple)):
+        items = [_host_items(item) for item in data]
+        return [item for item, _ in items], any(typed for _, typed in items)
+    return data, hasattr(data, "dtype")
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:

@@ -155,6 +155,16 @@ class Tensor:
         backward(self, gradient, retain_graph)
 
     def zero_(self) -> "Tensor":
+        """Fill with zeros in place: under ``no_grad``, or on a tensor that does not require
+        grad. Anywhere else it is a RuntimeError, for leaves as in PyTorch, and for any other
+        tensor too: without version counters nothing would tell that an op had saved it for
+        backward, whose gradient would then be silently wrong."""
+        from .autograd import is_grad_enabled
+
+        if self.requires_grad and is_grad_enabled():
+            raise RuntimeError(f"zero_: a tensor of shape {self.shape} that requires grad can't "
+                               f"be changed in place while grad mode is on; use "
+                               f"'with tn.no_grad():', or tn.zeros_like for a new tensor")
         self.data[...] = 0
         return self
 
@@ -188,6 +198,9 @@ class Tensor:
 
     def __pow__(self, exponent):
         return ops.pow(self, exponent)
+
+    def __rpow__(self, base):
+        return ops.pow(base, self)
 
     def __matmul__(self, other):
         return ops.matmul(self, other)

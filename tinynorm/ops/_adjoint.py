@@ -1,6 +1,8 @@
 """Small helpers for the adjoints that recur across ops."""
 from __future__ import annotations
 
+from numbers import Integral
+
 from .. import backend
 
 
@@ -219,8 +221,18 @@ def normalize_dim(op: str, dim: int, ndim: int) -> int:
 
 
 def reduction_axes(op: str, dim, ndim: int):
-    """``dim`` (None, an int or a tuple) as a tuple of non-negative axes."""
+    """``dim`` (None, an int, or a tuple or list of them) as a sorted tuple of non-negative
+    axes, as PyTorch reads it: None and () mean every dim; a 0-d tensor takes 0 and −1 and
+    has no axis to reduce; a dim given twice is an error."""
     if dim is None:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
-    return tuple(sorted({normalize_dim(op, d, ndim) for d in dims}))
+    dims = (dim,) if not isinstance(dim, (tuple, list)) else tuple(dim)
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, Integral):
+            raise TypeError(f"{op}: dim must be an int or a tuple of ints, got {dim!r}")
+    if not dims:
+        return tuple(range(ndim))
+    axes = [normalize_dim(op, int(d), ndim) for d in dims]
+    if len(set(axes)) < len(axes):
+        raise ValueError(f"{op}: dims {dim} name one dim more than once (tensor of {ndim} dims)")
+    return tuple(sorted(axes)) if ndim else ()

@@ -7,6 +7,8 @@ hands each input its gradient in its own dtype.
 """
 from __future__ import annotations
 
+import math
+
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
@@ -133,6 +135,34 @@ class Pow(Function):
         return grad_out * (p * x ** (p - 1)), None
 
 
+class ScalarPow(Function):
+    """y = c^x for a number c and a tensor x (``c ** x``, ``torch.pow(c, x)``)."""
+
+    @staticmethod
+    def forward(ctx, c, x):
+        c, x = promoted("pow", c, x)
+        if x.dtype.kind in "biu" and x.size and bool((x < 0).any()):
+            raise ValueError(f"pow: {c} to an integer tensor's negative powers (dtype "
+                             f"{x.dtype}) is not an integer; expected a float tensor")
+        y = c ** x
+        ctx.c = c
+        ctx.save_for_backward(y, x if c == 0 else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        """dy/dx = c^x · ln c = y · ln c: dx = grad_out · y · ln c. ln c is NaN for c < 0 (so
+        is y, but for integer x), as in PyTorch; for c = 0, dx = 0 where x ≥ 0, as PyTorch
+        takes it (y is 0 or 1 there; ln 0 = −inf would give NaN). Saves y (the output), and
+        x only when c = 0."""
+        y, x = ctx.saved_tensors
+        c = ctx.c
+        dx = grad_out * (y * (math.log(c) if c > 0 else math.nan if c < 0 else -math.inf))
+        if c == 0:
+            dx = backend.array_module(y).where(x >= 0, y.dtype.type(0), dx)
+        return None, dx
+
+
 def add(a, b):
     return Add.apply(a, b)
 
@@ -153,8 +183,12 @@ def neg(x):
     return Neg.apply(x)
 
 
-def pow(x, exponent):
+def pow(x, exponent):  # noqa: A001 — PyTorch's name
+    """``torch.pow``: a tensor to a number's power, or a number to a tensor's (``2 ** x``);
+    a tensor to a tensor's power is not supported."""
     if isinstance(exponent, Tensor):
-        raise TypeError("pow: the exponent must be a Python number; tensor exponents are not "
-                        "supported")
+        if isinstance(x, Tensor):
+            raise TypeError("pow: a tensor to a tensor's power is not supported; one of base "
+                            "and exponent must be a number")
+        return ScalarPow.apply(x, exponent)
     return Pow.apply(x, exponent)

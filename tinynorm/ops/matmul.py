@@ -5,6 +5,7 @@ from math import prod
 
 from .. import backend
 from ..autograd import Function
+from ..tensor import Tensor
 from ._adjoint import broadcast_shape, unbroadcast
 from ._rows import for_each_block, get_num_threads, slices
 
@@ -159,8 +160,21 @@ class Linear(Function):
 
 
 def matmul(a, b):
+    _require_matrices("matmul", input=a, other=b)
     return MatMul.apply(a, b)
 
 
 def linear(x, weight, bias=None):
+    _require_matrices("linear", input=x, weight=weight, bias=bias)
     return Linear.apply(x, weight, bias)
+
+
+def _require_matrices(op: str, **arguments) -> None:
+    """A TypeError naming the op and the argument for a list or a number, which has no
+    shape to multiply (NumPy's error named neither). Another library's tensor is left to
+    ``Function.apply``, which refuses it for every op."""
+    for name, a in arguments.items():
+        if a is not None and not (isinstance(a, Tensor) or backend.is_array(a)
+                                  or backend.is_foreign_array(a)):
+            raise TypeError(f"{op}: {name} must be a tensor, got {type(a).__name__}; make one "
+                            f"with tn.tensor(...)")

@@ -209,4 +209,7 @@ def mean(x, dim=None, keepdim=False):
 
 
 def max(x, dim=None, keepdim=False):  # noqa: A001 — PyTorch's name
+    if backend.is_array(getattr(dim, "data", dim)):
+        raise TypeError("max: the elementwise form max(input, other) is not supported; "
+                        "use tn.where(input >= other, input, other)")
     return Max.apply(x, dim, keepdim)

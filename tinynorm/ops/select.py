@@ -49,5 +49,9 @@ def masked_fill(x, mask, value):
     if broadcast_shape("masked_fill", mask.shape, x.shape) != tuple(x.shape):
         raise ValueError(f"masked_fill: mask of shape {mask.shape} does not broadcast to the "
                          f"tensor's shape {x.shape}")
-    fill = x.data.dtype.type(value)
+    try:
+        fill = x.data.dtype.type(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"masked_fill: value must be a number (or a 0-d tensor) that a "
+                        f"{x.dtype} tensor can hold, got {value!r}") from None
     return Where.apply(mask, fill, x)

@@ -5,6 +5,7 @@ Each backward is the inverse movement applied to ``grad_out``; none saves an arr
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 from .. import backend
 from ..autograd import Function
@@ -12,9 +13,14 @@ from ..tensor import Tensor
 from ._adjoint import normalize_dim, scatter_add, unbroadcast
 
 
-def _sizes(shape):
+def _sizes(shape, op):
+    """The sizes given as ``f(2, 3)`` or ``f((2, 3))``, each an int, or a TypeError naming the
+    op (``int()`` would have taken 2.0, and 2.5 as 2)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, Integral):
+            raise TypeError(f"{op}: sizes must be ints, got {s!r} in {tuple(shape)}")
     return tuple(int(s) for s in shape)
 
 
@@ -141,6 +147,10 @@ class Cat(Function):
         if not xs:
             raise ValueError("cat: expected a non-empty sequence of tensors")
         ref = xs[0]
+        for i, x in enumerate(xs):
+            if x.ndim == 0:
+                raise ValueError(f"cat: tensor {i} is 0-d and cannot be concatenated; expected "
+                                 f"tensors with at least one dim (stack joins 0-d tensors)")
         d = normalize_dim("cat", dim, ref.ndim)
         for i, x in enumerate(xs):
             if x.dtype != ref.dtype:
@@ -181,13 +191,13 @@ class Split(Function):
 
 
 def reshape(x, *shape):
-    return Reshape.apply(x, _sizes(shape), "reshape")
+    return Reshape.apply(x, _sizes(shape, "reshape"), "reshape")
 
 
 def view(x, *shape):
     """``Tensor.view``: reshape, under its own name in errors. Any layout can be viewed here
     (NumPy copies when it must), where PyTorch's view requires compatible strides."""
-    return Reshape.apply(x, _sizes(shape), "view")
+    return Reshape.apply(x, _sizes(shape, "view"), "view")
 
 
 def flatten(x, start_dim=0, end_dim=-1):
@@ -202,13 +212,14 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 
 def permute(x, *dims):
-    return Permute.apply(x, _sizes(dims))
+    return Permute.apply(x, _sizes(dims, "permute"))
 
 
 def transpose(x, dim0, dim1):
     dims = list(range(x.ndim))
     a, b = normalize_dim("transpose", dim0, x.ndim), normalize_dim("transpose", dim1, x.ndim)
-    dims[a], dims[b] = dims[b], dims[a]
+    if dims:  # a 0-d tensor takes dims 0 and -1, as in PyTorch, and stays as it is
+        dims[a], dims[b] = dims[b], dims[a]
     return Permute.apply(x, tuple(dims))
 
 
@@ -225,7 +236,7 @@ def squeeze(x, dim=None):
 
 
 def expand(x, *shape):
-    return Expand.apply(x, _sizes(shape))
+    return Expand.apply(x, _sizes(shape, "expand"))
 
 
 def getitem(x, index):
@@ -237,7 +248,8 @@ def getitem(x, index):
         xp = backend.array_module(x.data)
         items = index if isinstance(index, tuple) else (index,)
         items = tuple(i.data if isinstance(i, Tensor)
-                      else xp.asarray(i) if isinstance(i, list) else i for i in items)
+                      else xp.asarray(i, dtype=None if i else backend.int64)  # [] selects none
+                      if isinstance(i, list) else i for i in items)
         index = items if isinstance(index, tuple) else items[0]
     return GetItem.apply(x, index)
 
@@ -254,11 +266,16 @@ def stack(tensors, dim=0):
         if t.shape != tensors[0].shape:
             raise ValueError(f"stack: tensor {i} has shape {t.shape}, expected "
                              f"{tensors[0].shape} like tensor 0")
+        if t.dtype != tensors[0].dtype:
+            raise TypeError(f"stack: tensor {i} has dtype {t.dtype}, tensor 0 has "
+                            f"{tensors[0].dtype}; convert with .to(dtype) first")
     d = normalize_dim("stack", dim, tensors[0].ndim + 1)
     return cat([unsqueeze(t, d) for t in tensors], d)
 
 
 def split(x, split_size_or_sections, dim=0):
+    if x.ndim == 0:
+        raise ValueError("split: a 0-d tensor has no dim to split; expected at least one dim")
     d = normalize_dim("split", dim, x.ndim)
     n = x.shape[d]
     if isinstance(split_size_or_sections, int):
@@ -274,6 +291,8 @@ def split(x, split_size_or_sections, dim=0):
 def chunk(x, chunks, dim=0):
     if chunks <= 0:
         raise ValueError(f"chunk: chunks must be positive, got {chunks}")
+    if x.ndim == 0:
+        raise ValueError("chunk: a 0-d tensor has no dim to split; expected at least one dim")
     n = x.shape[normalize_dim("chunk", dim, x.ndim)]
     if n == 0:  # as torch.chunk: every chunk of an empty dim is empty
         return split(x, [0] * chunks, dim)
