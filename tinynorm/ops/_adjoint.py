@@ -80,8 +80,10 @@ def sorted_scatter_add(target, index, values) -> None:
     run = xp.cumsum(first) - 1  # run number of each element
     rank = xp.arange(positions.size) - starts[run]
     length = xp.diff(xp.append(starts, positions.size))[run]
+    # two waits for a GPU per call, in flatnonzero (which counts the runs) and here; the
+    # rounds themselves are three whole-array passes each, with none
     step, longest = 1, int(length.max())
-    while step < longest:  # a round is three whole-array passes, with no wait for the GPU
+    while step < longest:
         pairs = (rank[:-step] % (2 * step) == 0) & (rank[:-step] + step < length[:-step])
         sums[:-step] += xp.where(pairs[:, None], sums[step:], 0)  # elsewhere + 0
         step *= 2

@@ -69,13 +69,13 @@ class CrossEntropy(Function):
         total = loss.sum()
         if reduction == "sum":
             return xp.asarray(total, dtype=dtype)
+        # Every row ignored (W = 0): the loss is 0/0 = nan and the gradient 0, both as
+        # PyTorch. Decided on the device: an `if` on W would wait for a GPU on every call.
         denominator = w_t.sum()
-        if not bool(denominator != 0):
-            # Every row ignored: the loss is 0/0 = nan and the gradient 0, both as PyTorch.
-            ctx.mean_scale = x.dtype.type(0)
-            return xp.asarray(float("nan"), dtype=dtype)
-        ctx.mean_scale = 1 / denominator
-        return xp.asarray(total / denominator, dtype=dtype)
+        counted = denominator != 0
+        safe = xp.where(counted, denominator, 1)
+        ctx.mean_scale = counted / safe  # 1/W, or 0
+        return xp.where(counted, total / safe, float("nan")).astype(dtype)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -59,7 +59,11 @@ def embedding(input, weight, padding_idx=None):
         raise TypeError(f"embedding: indices must be an integer tensor, got "
                         f"{getattr(idx, 'dtype', type(idx).__name__)}")
     num = w.shape[0]
-    lowest, highest = (int(idx.min()), int(idx.max())) if idx.size else (0, -1)
+    # one read of both ends (on a GPU each read waits for it; CuPy's gather would wrap an
+    # index out of range instead of raising, so the check stays)
+    xp = backend.array_module(idx)
+    lowest, highest = backend.to_numpy(xp.stack([idx.min(), idx.max()])).tolist() \
+        if idx.size else (0, -1)
     if lowest < 0 or highest >= num:
         bad = lowest if lowest < 0 else highest
         raise IndexError(f"embedding: index {bad} is out of range for a table of {num} rows "
