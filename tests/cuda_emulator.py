@@ -22,8 +22,8 @@ from tinynorm.kernels import _cuda
 
 
 class EmulatedGPUArray(np.ndarray):
-    """A NumPy array that tinynorm.backend takes for a CuPy array (its type's module name
-    starts with "cupy")."""
+    """A NumPy array that tinynorm.backend takes for a CuPy array (its type's module is in
+    the ``cupy`` package)."""
 
     device = types.SimpleNamespace(id=0)
 
@@ -31,7 +31,7 @@ class EmulatedGPUArray(np.ndarray):
         return np.asarray(self).copy()
 
 
-EmulatedGPUArray.__module__ = "cupy_emulated"
+EmulatedGPUArray.__module__ = "cupy._emulated"
 
 
 def on_gpu(a):

@@ -125,6 +125,20 @@ def test_array_module_of_a_cupy_array_loads_cupy(fake_cupy):
     assert backend.array_module(FakeCupyArray([1.0]), 2.0) is fake_cupy
 
 
+def test_only_the_cupy_package_makes_gpu_arrays():
+    """A cupyx sparse matrix (module cupyx.scipy.sparse...) passed for a CuPy array, since the
+    test was a module name starting with "cupy"; it is another library's array now."""
+    class SparseLike:
+        shape, dtype, ndim = (2, 2), np.dtype("float32"), 2
+
+        def __array__(self):
+            return np.zeros((2, 2))
+
+    SparseLike.__module__ = "cupyx.scipy.sparse._csr"
+    assert not backend.is_array(SparseLike()) and backend.is_foreign_array(SparseLike())
+    assert backend.is_array(FakeCupyArray([1.0]))
+
+
 def test_mixing_devices_names_the_op_and_both_devices():
     cpu, gpu = np.ones((2, 3)), FakeCupyArray(np.ones(4), device_id=1)
     with pytest.raises(TypeError) as info:

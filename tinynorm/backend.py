@@ -126,7 +126,9 @@ def xp():
 
 
 def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
+    """A CuPy array: its type comes from the ``cupy`` package (not ``cupyx``, whose sparse
+    matrices are no arrays here and are refused as another library's)."""
+    return type(a).__module__.partition(".")[0] == "cupy"
 
 
 def device_of(a) -> str:
