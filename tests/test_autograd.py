@@ -110,6 +110,38 @@ def test_non_leaf_grads_are_not_kept_unless_retained(rng):
         tn.tensor([1.0]).retain_grad()
 
 
+def test_a_leaf_frozen_between_forward_and_backward_gets_no_gradient_as_in_torch(rng):
+    """requires_grad_(False) after forward: PyTorch skips the leaf when the gradient
+    arrives; a leaf still training, and a retained intermediate, get theirs."""
+    w0, b0, x0 = rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((4, 2))
+    got = []
+    for lib in (tn, torch):
+        w, b = lib.tensor(w0, requires_grad=True), lib.tensor(b0, requires_grad=True)
+        old = rng.standard_normal(3)
+        b.grad = old.copy() if lib is tn else torch.tensor(old)  # an earlier gradient stays
+        h = lib.tensor(x0) @ w.T + b
+        h.retain_grad()
+        loss = (h * h).sum()
+        w.requires_grad_(False)
+        b.requires_grad_(False)
+        loss.backward()
+        got.append((w.grad, host(h.grad)))
+        np.testing.assert_array_equal(host(b.grad), old)
+    (w_grad, h_grad), (torch_w_grad, torch_h_grad) = got
+    assert w_grad is None and torch_w_grad is None
+    np.testing.assert_allclose(h_grad, torch_h_grad, rtol=1e-12)
+
+
+def test_freezing_one_leaf_leaves_the_others_their_gradients(rng):
+    x0, y0 = rng.standard_normal(3), rng.standard_normal(3)
+    x, y = leaf(x0), leaf(y0)
+    loss = (x * y).sum()
+    x.requires_grad_(False)
+    loss.backward()
+    assert x.grad is None
+    np.testing.assert_array_equal(host(y.grad), x0)
+
+
 # ---- retained and freed graphs -----------------------------------------------------------------
 def test_retain_graph_allows_a_second_backward(rng):
     x = leaf(rng.standard_normal(4))
@@ -259,6 +291,42 @@ def test_grad_mode_blocks_nest_and_decorate():
         assert not tn.is_grad_enabled()
     finally:
         tn.set_grad_enabled(True)
+    assert tn.is_grad_enabled()
+
+
+def test_no_grad_and_enable_grad_decorate_without_parentheses_as_in_torch():
+    @tn.no_grad
+    def doubled(t):
+        """Keeps its name and docstring."""
+        return t * 2, tn.is_grad_enabled()
+
+    @torch.no_grad
+    def torch_doubled(t):
+        return t * 2, torch.is_grad_enabled()
+
+    y, inside = doubled(leaf([1.0]))
+    ty, torch_inside = torch_doubled(torch.ones(1, requires_grad=True))
+    assert (y.requires_grad, inside) == (ty.requires_grad, torch_inside) == (False, False)
+    assert doubled.__name__ == "doubled" and doubled.__doc__ == "Keeps its name and docstring."
+    assert tn.is_grad_enabled()
+
+    @tn.enable_grad
+    def recorded(t):
+        return t * 2
+
+    with tn.no_grad():
+        assert recorded(leaf([1.0])).requires_grad and not tn.is_grad_enabled()
+    with pytest.raises(TypeError, match=r"no_grad\(\) takes no arguments, or a function to "
+                                        r"decorate; got 5 \(int\)"):
+        tn.no_grad(5)
+
+
+def test_set_grad_enabled_needs_its_mode_as_in_torch():
+    with pytest.raises(TypeError):
+        torch.set_grad_enabled(lambda: None)
+    with pytest.raises(TypeError, match=r"set_grad_enabled\(mode\) takes a bool, got a "
+                                        r"callable \(function\)"):
+        tn.set_grad_enabled(lambda: None)
     assert tn.is_grad_enabled()
 
 

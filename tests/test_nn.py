@@ -190,6 +190,53 @@ def test_load_casts_to_each_parameters_dtype():
         np.testing.assert_array_equal(host(p.data), sd[name].numpy().astype(np.float32))
 
 
+UNUSABLE = {  # value for the last key ("3.bias" of shape (3,)) -> words of the error
+    "strings": (np.array(["a", "b", "c"]), "values that are not numbers: an array of dtype <U1"),
+    "None in an object array": (np.array([None, 1.0, 2.0]), "an array of dtype object"),
+    "complex": (np.ones(3, np.complex128), "complex values (their imaginary parts would be"),
+    "datetimes": (np.array(["2020-01-01"] * 3, "datetime64[D]"), "dtype datetime64[D]"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSABLE))
+def test_a_value_that_cannot_be_cast_fails_the_load_before_anything_is_written(name):
+    """The last key's value is unusable: the error names it, its dtype and what was
+    expected, and the parameters written before it in the old write loop are unchanged."""
+    value, words = UNUSABLE[name]
+    ours = tn_mlp()
+    before = [host(p.data).copy() for p in ours.parameters()]
+    sd = {k: v + 1.0 for k, v in ours.state_dict().items()}
+    sd["2.bias"] = value
+    with pytest.raises(RuntimeError) as err:
+        ours.load_state_dict(sd)
+    msg = str(err.value)
+    assert 'While copying the parameter named "2.bias", expected numbers (bool, int or float) '\
+           'to cast to float64' in msg and words in msg and "shape (3,)" in msg
+    for p, b in zip(ours.parameters(), before):
+        np.testing.assert_array_equal(host(p.data), b)
+
+
+def test_load_takes_torch_tensors_that_require_grad_as_torch_does():
+    theirs = torch_mlp()
+    sd = theirs.state_dict(keep_vars=True)  # the Parameters themselves, requiring grad
+    assert sd["0.weight"].requires_grad
+    ours = tn_mlp()
+    ours.load_state_dict(sd)
+    torch_mlp().load_state_dict(sd)  # torch takes them too
+    for name, p in ours.named_parameters():
+        np.testing.assert_array_equal(host(p.data), sd[name].detach().numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [tn.float16, tn.float32, tn.float64], ids=str)
+def test_load_converts_bfloat16_torch_tensors_as_torchs_copy_does(dtype):
+    values = torch.tensor([1.1, -2.2, 3.3e-3, 6.0e4], dtype=torch.bfloat16)
+    ours = nn.Linear(1, 4, dtype=dtype)
+    ours.load_state_dict({"weight": torch.zeros(4, 1), "bias": values})
+    expected = torch.zeros(4, dtype=getattr(torch, str(dtype))).copy_(values)
+    np.testing.assert_array_equal(host(ours.bias.data), expected.numpy())
+    assert ours.bias.dtype == dtype
+
+
 # ---- modes, grads, dtype moves ------------------------------------------------------------------
 def test_train_eval_propagate_to_every_module():
     model = make_block(nn)
@@ -315,6 +362,54 @@ def test_sequential_and_module_list_behave_like_lists():
     assert [k for k, _ in ml.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
     with pytest.raises(IndexError):
         ml[3]
+
+
+def both(make):
+    """``make(lib)`` for torch.nn and tinynorm.nn: the children's class names, or the
+    exception's type."""
+    out = []
+    for lib in (torch.nn, nn):
+        try:
+            out.append([type(m).__name__ for m in make(lib)])
+        except Exception as err:  # the same kind of error on both sides is the point
+            out.append(type(err))
+    return out
+
+
+def extended(lib):
+    layers = lib.ModuleList([lib.Tanh()])
+    layers += lib.ModuleList([lib.ReLU()])
+    return layers
+
+
+@pytest.mark.parametrize("make", [
+    lambda lib: lib.ModuleList(lib.ModuleList([lib.Tanh(), lib.ReLU()])),
+    lambda lib: lib.ModuleList(lib.Sequential(lib.Tanh(), lib.ReLU())),
+    extended,
+    lambda lib: lib.Sequential(lib.Tanh()).extend(lib.Sequential(lib.ReLU())),
+    lambda lib: lib.Sequential(lib.Tanh()).extend(lib.ModuleList([lib.ReLU()])),
+    lambda lib: lib.ModuleList([lib.Tanh()]) + lib.ModuleList([lib.ReLU()]),
+    lambda lib: lib.ModuleList(lib.Linear(2, 2)),  # one Module is not an iterable of them
+    lambda lib: lib.Sequential().extend(lib.Linear(2, 2)),
+    lambda lib: lib.ModuleList(lib.ModuleDict({"a": lib.Tanh()})),  # its keys: strings
+    lambda lib: lib.ModuleList().extend(5),
+], ids=["ModuleList(ModuleList)", "ModuleList(Sequential)", "ModuleList += ModuleList",
+        "Sequential.extend(Sequential)", "Sequential.extend(ModuleList)",
+        "ModuleList + ModuleList", "ModuleList(Linear)", "Sequential.extend(Linear)",
+        "ModuleList(ModuleDict)", "extend(5)"])
+def test_containers_extend_with_other_containers_as_torch_does(make):
+    theirs, ours = both(make)
+    assert ours == theirs
+    assert ours == ["Tanh", "ReLU"] or ours is TypeError
+
+
+def test_a_failed_extend_changes_nothing():
+    layers = nn.ModuleList([nn.Tanh()])
+    with pytest.raises(TypeError, match=r"ModuleList.extend: element 1 is a str, not a Module"):
+        layers.extend([nn.ReLU(), "relu"])
+    with pytest.raises(TypeError, match=r"ModuleDict gives its keys: pass .values\(\)"):
+        layers.extend(nn.ModuleDict({"a": nn.ReLU()}))
+    assert [type(m).__name__ for m in layers] == ["Tanh"] and list(layers._modules) == ["0"]
 
 
 # ---- init ---------------------------------------------------------------------------------------

@@ -92,9 +92,18 @@ class _FlagMode(contextlib.ContextDecorator):
 
 class no_grad(_FlagMode):
     """No graph is recorded and nothing is saved for backward inside this block (in this
-    thread)."""
+    thread). Decorates with or without parentheses: ``@no_grad()`` or ``@no_grad``."""
 
     _state, _mode = _grad_mode, False
+
+    def __new__(cls, func=None):
+        # @no_grad without parentheses calls the class on the function: return it decorated
+        if func is None:
+            return super().__new__(cls)
+        if not callable(func):
+            raise TypeError(f"{cls.__name__}() takes no arguments, or a function to decorate; "
+                            f"got {func!r} ({type(func).__name__})")
+        return cls()(func)
 
 
 class enable_grad(no_grad):
@@ -106,6 +115,12 @@ class enable_grad(no_grad):
 class set_grad_enabled(no_grad):
     """Turn graph recording on or off: at once when called (PyTorch's function form), for a
     block as a context manager, or per call as a decorator."""
+
+    def __new__(cls, mode: bool = None):
+        if callable(mode):  # no bare form: the mode is not optional
+            raise TypeError(f"set_grad_enabled(mode) takes a bool, got a callable "
+                            f"({type(mode).__name__}); decorate with @set_grad_enabled(False)")
+        return _FlagMode.__new__(cls)
 
     def __init__(self, mode: bool):
         super().__init__()
@@ -357,8 +372,11 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
 
     # Leaves take their gradients last, when no graph buffer refers to them any more. A leaf
     # owns its .grad: it copies an array that another leaf (or the caller) also holds.
+    # A leaf frozen since forward (requires_grad_(False)) takes none, as in PyTorch.
     owners = {}
     for t, g in arrived.values():
+        if t.grad_fn is None and not t.requires_grad:
+            continue
         if t.grad is not None:
             t.grad += g
             continue

@@ -40,10 +40,22 @@ class _ModuleSequence(Module):
         return self
 
     def extend(self, modules):
-        if isinstance(modules, (Module, str)) or not hasattr(modules, "__iter__"):
-            raise TypeError(f"{type(self).__name__}.extend should be called with an iterable of "
-                            f"Modules, but got {type(modules).__name__}")
-        for module in modules:
+        """Append every Module of an iterable: a list, a generator, or another container
+        (a ModuleList or Sequential gives its children, as in PyTorch). A single Module that is
+        not a container is not iterable and raises, as in PyTorch. Every element is checked
+        before any is appended, so a failed call changes nothing."""
+        name = type(self).__name__
+        if isinstance(modules, str) or not hasattr(modules, "__iter__"):
+            raise TypeError(f"{name}.extend should be called with an iterable of Modules, but "
+                            f"got {type(modules).__name__}")
+        items = list(modules)
+        for i, module in enumerate(items):
+            if not isinstance(module, Module):
+                hint = " (iterating a ModuleDict gives its keys: pass .values())" \
+                    if isinstance(modules, ModuleDict) else ""
+                raise TypeError(f"{name}.extend: element {i} is a {type(module).__name__}, not "
+                                f"a Module{hint}")
+        for module in items:
             self.append(module)
         return self
 

@@ -28,6 +28,51 @@ def _addindent(text: str, spaces: int) -> str:
     return "\n".join([first] + [" " * spaces + line for line in rest])
 
 
+def _host_array(value):
+    """Another library's array as a NumPy array, read by duck typing (tinynorm imports no
+    torch): a torch tensor is detached (``state_dict(keep_vars=True)`` holds Parameters that
+    require grad) and moved to the CPU, and a bfloat16 one, which NumPy has no dtype for, is
+    widened to float32 (exactly, as PyTorch's ``copy_`` reads it). Raises what NumPy raises
+    when the value cannot be read."""
+    if backend.is_foreign_array(value) and callable(getattr(value, "detach", None)):
+        value = value.detach()
+        if callable(getattr(value, "cpu", None)):
+            value = value.cpu()
+        if str(getattr(value, "dtype", "")).endswith("bfloat16"):
+            value = value.float()
+    return backend.to_numpy(value)
+
+
+def _loadable(key: str, value, target: Tensor):
+    """``(array, None)``: ``value`` converted to ``target``'s shape, dtype and device, ready
+    to copy; or ``(None, message)`` naming ``key`` and why it cannot be loaded."""
+    where = f'While copying the parameter named "{key}", '
+    if isinstance(value, Tensor):
+        value = value.data
+    elif not backend.is_array(value):
+        if not hasattr(value, "__array__"):
+            return None, (f"{where}expected an array or Tensor from checkpoint but received "
+                          f"{type(value)}")
+        try:
+            value = _host_array(value)
+        except Exception as err:  # whatever the other library raises, named in the message
+            source = f"{type(value).__module__}.{type(value).__qualname__}"
+            return None, (f"{where}could not read the checkpoint's {source} as an array "
+                          f"({type(err).__name__}: {err})")
+    kind, dtype = value.dtype.kind, target.dtype
+    if kind not in "biuf" and not (kind == "c" and dtype.kind == "c"):
+        what = "complex values (their imaginary parts would be lost)" if kind == "c" \
+            else "values that are not numbers"
+        return None, (f"{where}expected numbers (bool, int or float) to cast to {dtype}, but "
+                      f"the checkpoint holds {what}: an array of dtype {value.dtype} and shape "
+                      f"{tuple(value.shape)}")
+    if tuple(value.shape) != tuple(target.shape):
+        return None, (f"size mismatch for {key}: copying a param with shape "
+                      f"{tuple(value.shape)} from checkpoint, the shape in current model is "
+                      f"{tuple(target.shape)}.")
+    return backend.asarray(value, dtype=dtype, device=target.device), None
+
+
 class Module:
     """Base class of every layer: registers Parameters, buffers and sub-Modules by assignment.
 
@@ -315,11 +360,14 @@ class Module:
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Copy values from ``state_dict`` into the parameters and buffers, in place.
 
-        Values may be NumPy or CuPy arrays, Tensors, or anything with ``__array__`` (a CPU
-        ``torch.Tensor``); each is cast to its parameter's dtype and moved to its device.
-        Everything is checked first and nothing changes unless all of it fits: missing and
-        unexpected keys (errors when ``strict``) and shape mismatches (always errors) are all
-        listed in one RuntimeError. Returns ``(missing_keys, unexpected_keys)``.
+        Values may be NumPy or CuPy arrays, Tensors, or another library's arrays (a
+        ``torch.Tensor``, read through ``__array__``: one that requires grad is detached, a
+        bfloat16 one widened to float32 first). Numbers (bool, int, float) are cast to each
+        parameter's dtype and moved to its device; anything else (strings, objects, complex
+        values into a real parameter) is refused. A failed load changes nothing: every key,
+        shape and value is checked and converted first, and missing and unexpected keys
+        (errors when ``strict``), shape mismatches and unusable values are all listed in one
+        RuntimeError. Returns ``(missing_keys, unexpected_keys)``.
         """
         if assign:
             raise NotImplementedError("load_state_dict(assign=True) is not supported; "
@@ -331,23 +379,12 @@ class Module:
         unexpected = [k for k in state_dict.keys() if k not in targets]
         errors, ready = [], []
         for key, target in targets.items():
-            if key not in state_dict:
-                continue
-            value = state_dict[key]
-            if isinstance(value, Tensor):
-                value = value.data
-            elif not backend.is_array(value):
-                if not hasattr(value, "__array__"):
-                    errors.append(f'While copying the parameter named "{key}", expected an '
-                                  f'array or Tensor from checkpoint but received {type(value)}')
-                    continue
-                value = backend.to_numpy(value)
-            if tuple(value.shape) != tuple(target.shape):
-                errors.append(f"size mismatch for {key}: copying a param with shape "
-                              f"{tuple(value.shape)} from checkpoint, the shape in current "
-                              f"model is {tuple(target.shape)}.")
-                continue
-            ready.append((target, backend.asarray(value, device=target.device)))
+            if key in state_dict:
+                value, error = _loadable(key, state_dict[key], target)
+                if error is None:
+                    ready.append((target, value))
+                else:
+                    errors.append(error)
         if strict:
             if unexpected:
                 errors.insert(0, "Unexpected key(s) in state_dict: "
@@ -358,8 +395,8 @@ class Module:
         if errors:
             raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:"
                                f"\n\t" + "\n\t".join(errors))
-        for target, value in ready:
-            target.data[...] = value  # in place: casts to the parameter's dtype
+        for target, value in ready:  # same shape, dtype and device: this cannot fail
+            target.data[...] = value
         return IncompatibleKeys(missing, unexpected)
 
     # ---- repr ---------------------------------------------------------------------------------

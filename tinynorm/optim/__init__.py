@@ -1,6 +1,8 @@
 """``tinynorm.optim``: SGD, Adam and AdamW with PyTorch's update equations, and learning-rate
 schedules (``tinynorm.optim.lr_scheduler``)."""
-from . import lr_scheduler  # noqa: F401
-from .adam import Adam, AdamW  # noqa: F401
-from .optimizer import Optimizer  # noqa: F401
-from .sgd import SGD  # noqa: F401
+from . import lr_scheduler
+from .adam import Adam, AdamW
+from .optimizer import Optimizer
+from .sgd import SGD
+
+__all__ = ["Adam", "AdamW", "Optimizer", "SGD", "lr_scheduler"]

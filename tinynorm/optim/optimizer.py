@@ -16,6 +16,8 @@ you keep them while training continues.
 """
 from __future__ import annotations
 
+import warnings
+
 from .. import backend
 from ..autograd import enable_grad, zero_grads
 from ..tensor import Tensor
@@ -37,9 +39,11 @@ class Optimizer:
         self.state: dict = {}
         self.param_groups: list = []
         if isinstance(params, Tensor):
-            raise TypeError(f"params argument given to the optimizer should be an iterable of "
-                            f"Tensors or dicts, but got a {type(params).__name__}")
-        groups = list(params)
+            raise TypeError(f"{type(self).__name__}: params argument given to the optimizer "
+                            f"should be an iterable of Tensors or dicts, but got a "
+                            f"{type(params).__name__}")
+        groups = self._in_order(params, "params argument given to the optimizer should be an "
+                                        "ordered iterable (a list) of Tensors or dicts")
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -47,27 +51,70 @@ class Optimizer:
         for group in groups:
             self.add_param_group(group)
 
+    def _in_order(self, params, expected: str) -> list:
+        """``params`` as a list; a set is a TypeError (PyTorch's for a group's params, here
+        also for the optimizer's): its order changes between runs, and that order numbers
+        the parameters in ``state_dict()``."""
+        if isinstance(params, (set, frozenset)):
+            raise TypeError(f"{type(self).__name__}: {expected}, but got a "
+                            f"{type(params).__name__}: a set's order changes between runs, and "
+                            f"that order numbers the parameters in state_dict()")
+        return list(params)
+
     def add_param_group(self, param_group: dict) -> None:
-        """Add a group; options it does not set take the optimizer's defaults."""
+        """Add a group; options it does not set take the optimizer's defaults.
+
+        ``params`` holds Tensors, or (name, Tensor) pairs as ``named_parameters()`` gives,
+        whose names are kept in the group's ``"param_names"`` (PyTorch's key), in every group
+        or none.
+        """
+        name = type(self).__name__
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         group = dict(param_group)
         params = group["params"]
-        group["params"] = [params] if isinstance(params, Tensor) else list(params)
-        for p in group["params"]:
+        params = [params] if isinstance(params, Tensor) else \
+            self._in_order(params, "a parameter group's params should be an ordered "
+                                   "iterable (a list) of Tensors")
+        named = [isinstance(p, tuple) for p in params]
+        if any(named):
+            if not all(named):
+                raise ValueError(f"{name}: all optimizer params should be with/without names. "
+                                 f"Some param names are missing")
+            for pair in params:
+                if len(pair) != 2:
+                    raise TypeError(f"{name}: a named parameter is a (name, Tensor) pair, got "
+                                    f"a tuple of length {len(pair)}")
+            group["param_names"] = [n for n, _ in params]
+            params = [p for _, p in params]
+        group["params"] = params
+        for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"optimizer can only optimize Tensors, but one of the params is "
                                 f"{type(p).__name__}")
             if not p.is_leaf:
                 raise ValueError("can't optimize a non-leaf Tensor")
-        for name, default in self.defaults.items():
-            if default is required and name not in group:
+        for key, default in self.defaults.items():
+            if default is required and key not in group:
                 raise ValueError(f"parameter group didn't specify a value of required "
-                                 f"optimization parameter {name}")
-            group.setdefault(name, default)
-        seen = {id(p) for g in self.param_groups for p in g["params"]}
-        if len({id(p) for p in group["params"]}) != len(group["params"]) or \
-                seen & {id(p) for p in group["params"]}:
+                                 f"optimization parameter {key}")
+            group.setdefault(key, default)
+        positions = {}  # id(param) -> where it is in this group
+        for i, p in enumerate(params):
+            positions.setdefault(id(p), []).append(i)
+        repeated = [at for at in positions.values() if len(at) > 1]
+        if repeated:  # PyTorch warns too ("in future, this will cause an error")
+            warnings.warn(f"{name}: parameter group {len(self.param_groups)} holds a parameter "
+                          f"more than once (at positions {', '.join(map(str, repeated[0]))}); "
+                          f"each step updates it once per occurrence", UserWarning, stacklevel=3)
+        for other in self.param_groups:
+            if ("param_names" in other) != ("param_names" in group):
+                raise ValueError(f"{name}: all optimizer param groups should be with/without "
+                                 f"names. cannot add param group "
+                                 f"{'with' if 'param_names' in group else 'without'} names to "
+                                 f"the optimizer")
+        seen = {id(p) for other in self.param_groups for p in other["params"]}
+        if not seen.isdisjoint(positions):
             raise ValueError("some parameters appear in more than one parameter group")
         self.param_groups.append(group)
 

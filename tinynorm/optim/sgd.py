@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from .optimizer import Optimizer, required
+from .optimizer import Optimizer
 
 
 class SGD(Optimizer):
@@ -19,9 +19,9 @@ class SGD(Optimizer):
     inside it), which differs from Sutskever et al. when lr changes.
     """
 
-    def __init__(self, params, lr=required, momentum: float = 0, dampening: float = 0,
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
                  weight_decay: float = 0, nesterov: bool = False):
-        if lr is not required and lr < 0.0:
+        if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
             raise ValueError(f"Invalid momentum value: {momentum}")
