@@ -488,13 +488,14 @@ def test_units_of_work_follow_the_size_of_the_heads():
         assert attention_blocks.units((2, 12), 10, 10, False, False) == ([(Ellipsis,)], 24)
 
 
-def test_thread_counts_give_the_same_bits_with_a_broadcast_key(on_cpu):
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_thread_counts_give_the_same_bits_with_a_broadcast_key(on_cpu, dtype):
     """One, two and three threads, a key broadcast over the batch, no mask, float32: the
     same bits (every path holds BLAS to one thread, the one-thread path included, where
     OpenBLAS threading the per-unit products itself gave other bits). On the CPU: the
-    threads and BLAS are the CPU path's."""
-    q, v, g = (rng.standard_normal((5, 600, 4)).astype(np.float32) for _ in range(3))
-    k = rng.standard_normal((1, 600, 4)).astype(np.float32)
+    threads and BLAS are the CPU path's. float16 too: its float32 blocks are per thread."""
+    q, v, g = (rng.standard_normal((5, 600, 4)).astype(dtype) for _ in range(3))
+    k = rng.standard_normal((1, 600, 4)).astype(dtype)
     results = []
     for threads in (1, 2, 3):
         with num_threads(threads):
@@ -505,3 +506,82 @@ def test_thread_counts_give_the_same_bits_with_a_broadcast_key(on_cpu):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def bool_indexing_on_the_emulated_gpu(patch):
+    """Makes the emulated CuPy (tests/cuda_emulator.py) tinynorm's, and returns a list to
+    which every indexing (get or set) of an emulated GPU array with a bool array appends the
+    key's shape: on CuPy such an index waits for the GPU, to read back how many are True."""
+    from cuda_emulator import EMULATED_CUPY, EmulatedGPUArray
+    patch.setattr(tn.backend, "_cupy", EMULATED_CUPY)
+    patch.setattr(tn.backend, "_current", "numpy")  # the suite may run under --backend cupy
+    found = []
+
+    def record(key):
+        for part in key if isinstance(key, tuple) else (key,):
+            if getattr(part, "dtype", None) == np.bool_:
+                found.append(part.shape)
+
+    def getitem(self, key):
+        record(key)
+        return np.ndarray.__getitem__(self, key)
+
+    def setitem(self, key, value):
+        record(key)
+        np.ndarray.__setitem__(self, key, value)
+
+    patch.setattr(EmulatedGPUArray, "__getitem__", getitem, raising=False)
+    patch.setattr(EmulatedGPUArray, "__setitem__", setitem, raising=False)
+    return found
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("kind", ["none", "causal", "bool", "float"])
+def test_no_bool_indexing_on_the_gpu(kind, recompute, dtype):
+    """Neither forward nor backward indexes with a bool array, each a wait for the GPU on
+    CuPy: the softmax's fully masked rows once did (row_max[~isfinite(row_max)] = 0 and
+    row_sum[row_sum == 0] = 1, two waits per call); xp.copyto(..., where=) needs none. Row 3
+    sees no key, so those paths run; its output stays 0. float16 (computed in float32, each
+    block rounded into float16 arrays) takes the GPU's one-block path too."""
+    from cuda_emulator import on_gpu
+    allowed = rng.random((6, 5)) > 0.3
+    allowed[3] = False
+    mask = {"bool": allowed,
+            "float": np.where(allowed, rng.standard_normal((6, 5)), -np.inf).astype(dtype)}
+    with pytest.MonkeyPatch.context() as patch:
+        found = bool_indexing_on_the_emulated_gpu(patch)
+        q, k, v = (tn.tensor(on_gpu(rng.standard_normal(s).astype(dtype)), requires_grad=True)
+                   for s in [(2, 3, 6, 4), (2, 3, 5, 4), (2, 3, 5, 3)])
+        m = None if kind in ("none", "causal") else tn.tensor(
+            on_gpu(mask[kind]), requires_grad=kind == "float")
+        out = F.scaled_dot_product_attention(q, k, v, m, is_causal=kind == "causal",
+                                             recompute=recompute)
+        assert tn.backend.device_of(out.data) == "cuda:0"
+        assert not found, f"forward indexed with bool arrays of shapes {found}"
+        out.backward(tn.tensor(on_gpu(rng.standard_normal(out.shape).astype(dtype))))
+        assert not found, f"backward indexed with bool arrays of shapes {found}"
+    if kind in ("bool", "float"):
+        assert not np.asarray(out.data)[:, :, 3].any()
+    for t in (out.data, q.grad, k.grad, v.grad) + ((m.grad,) if kind == "float" else ()):
+        assert t.dtype == dtype and np.isfinite(np.asarray(t)).all()
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("needs", ["q", "k", "v", "qv", "kv"])
+def test_gradients_for_some_inputs_only(needs, recompute):
+    """Only some of q, k, v require grad (a frozen key and value, say): backward keeps only
+    what those gradients need, and once failed reading the scores' shape off a q or k it had
+    not kept (AttributeError on None)."""
+    arrays = [rng.standard_normal(s) for s in [(2, 3, 6, 4), (2, 3, 5, 4), (2, 3, 5, 3)]]
+    ours = [tn.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkv")]
+    theirs = [torch.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkv")]
+    out = F.scaled_dot_product_attention(*ours, is_causal=True, recompute=recompute)
+    t_out = torch.nn.functional.scaled_dot_product_attention(*theirs, is_causal=True)
+    grad = rng.standard_normal(out.shape)
+    out.backward(grad)
+    t_out.backward(torch.tensor(grad))
+    for name, a, t in zip("qkv", ours, theirs):
+        assert (a.grad is None) == (name not in needs)
+        if name in needs:
+            close(a.grad, t.grad)
