@@ -268,6 +268,207 @@ def test_full_check_up_to_threshold_then_directions():
             gradcheck(MulScaledBackward.apply, (a, b))
 
 
+# ---- gradcheck as torch.autograd.gradcheck: exception type and keywords ---------------------
+def test_gradcheck_error_is_a_runtime_error_as_torch():
+    # torch.autograd.gradcheck.GradcheckError is a RuntimeError; pytest shows AssertionErrors
+    assert issubclass(GradcheckError, RuntimeError) and issubclass(GradcheckError, AssertionError)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        gradcheck(XExpMissingTerm.apply, leaf(RNG.standard_normal(3)))
+
+
+class RightOnlyForNonzeroUpstream(Doubles):
+    """Right for any random upstream gradient, but a zero one gives ones."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xp = tn.backend.array_module(grad_out)
+        return xp.where(grad_out == 0, 1.0, 2 * grad_out)
+
+
+def test_gradcheck_takes_torch_keywords_with_torch_defaults():
+    x = leaf(RNG.standard_normal(4))
+    assert gradcheck(lambda a: a.tanh(), x, eps=1e-6, atol=1e-5, rtol=1e-3, nondet_tol=0.0,
+                     check_undefined_grad=True, check_grad_dtypes=True, check_batched_grad=False,
+                     check_batched_forward_grad=False, check_forward_ad=False,
+                     check_backward_ad=True, fast_mode=False, masked=None)
+    # check_undefined_grad is tinynorm's zero-upstream check (the engine gives zeros for
+    # outputs that receive no gradient)
+    with pytest.raises(GradcheckError, match="zero upstream"):
+        gradcheck(RightOnlyForNonzeroUpstream.apply, x)
+    assert gradcheck(RightOnlyForNonzeroUpstream.apply, x, check_undefined_grad=False)
+
+
+def test_gradcheck_keywords_and_defaults_are_torchs():
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    ours = dict(inspect.signature(gradcheck).parameters)
+    theirs = dict(inspect.signature(torch.autograd.gradcheck).parameters)
+    ours.pop("fn"), theirs.pop("func")  # the first, positional: STYLE.md's spelling
+    assert set(theirs) - set(ours) == set() and set(ours) - set(theirs) == {"seed"}
+    for name, parameter in theirs.items():
+        assert ours[name].default == parameter.default, name
+
+
+@pytest.mark.parametrize("option", ["check_forward_ad", "check_batched_grad",
+                                    "check_batched_forward_grad", "masked"])
+def test_gradcheck_refuses_torch_options_it_cannot_honour(option):
+    with pytest.raises(NotImplementedError, match=f"{option}=True"):
+        gradcheck(lambda a: a.tanh(), leaf(RNG.standard_normal(3)), **{option: True})
+
+
+def test_gradcheck_refuses_to_check_nothing_or_with_a_bad_eps():
+    x = leaf(RNG.standard_normal(3))
+    with pytest.raises(NotImplementedError, match="check_backward_ad=False"):
+        gradcheck(lambda a: a.tanh(), x, check_backward_ad=False)
+    with pytest.raises(ValueError, match="eps must be positive"):
+        gradcheck(lambda a: a.tanh(), x, eps=0.0)
+
+
+def test_gradcheck_fast_mode_checks_directions_even_for_small_inputs():
+    a, b = leaf(RNG.standard_normal((3, 4))), leaf(RNG.standard_normal((3, 4)))
+    with pytest.raises(GradcheckError, match=r"(?s)directional derivative.*worst element"):
+        gradcheck(MulScaledBackward.apply, (a, b), fast_mode=True)
+    assert gradcheck(Cube.apply, a, fast_mode=True)
+
+
+# ---- gradcheck catches ops that write where they must not, or keep state outside ctx ----------
+class DoublesInPlace(tn.Function):
+    """y = 2x computed by doubling x in place: the caller's tensor changes."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x *= 2
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return 2 * grad_out
+
+
+class ShiftsItsConstant(tn.Function):
+    """x·c, but forward adds 1 to the constant c in place (and backward reads the result)."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        c += 1
+        ctx.save_for_backward(c)
+        return x * c
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (c,) = ctx.saved_tensors
+        return grad_out * c, None
+
+
+class SquareScribblesOnSaved(tn.Function):
+    """y = x²; backward computes 2x by doubling the saved x (the input itself) in place."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        x *= 2
+        return x * grad_out
+
+
+class DoublesGradOutInPlace(Doubles):
+    """The right values, written into grad_out: another consumer of it would see them."""
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_out *= 2
+        return grad_out
+
+
+class SquareWithStateOnTheClass(tn.Function):
+    """y = x², but x kept on the class: the backward of one call reads the latest forward's x."""
+
+    last_x = None
+
+    @staticmethod
+    def forward(ctx, x):
+        SquareWithStateOnTheClass.last_x = x
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        return 2 * SquareWithStateOnTheClass.last_x * grad_out
+
+
+def test_gradcheck_catches_forward_writing_into_its_input():
+    x = leaf(RNG.standard_normal((2, 3)))
+    before = host(x).copy()
+    with pytest.raises(GradcheckError,
+                       match=r"fn modified input 0 \(shape \(2, 3\), dtype float64\) in place: "
+                             r"at index \(0, 0\)"):
+        gradcheck(DoublesInPlace.apply, x)
+    assert np.array_equal(host(x), before)
+
+
+def test_gradcheck_catches_and_never_modifies_an_input_that_is_not_checked():
+    x, c = leaf(RNG.standard_normal(4)), tn.tensor(RNG.standard_normal(4))
+    before = host(c).copy()
+    with pytest.raises(GradcheckError, match=r"fn modified input 1 \(shape \(4,\)"):
+        gradcheck(ShiftsItsConstant.apply, (x, c))
+    assert np.array_equal(host(c), before)  # was written to: fn got the caller's array
+
+
+def test_gradcheck_catches_backward_writing_into_a_saved_input():
+    with pytest.raises(GradcheckError, match="the backward of output 0 modified input 0"):
+        gradcheck(SquareScribblesOnSaved.apply, leaf(RNG.standard_normal(4)))
+
+
+def test_gradcheck_catches_backward_writing_into_grad_out():
+    # was reported as "not reproducible": the second run got the doubled upstream gradient
+    with pytest.raises(GradcheckError, match="modified its upstream gradient in place"):
+        gradcheck(DoublesGradOutInPlace.apply, leaf(RNG.standard_normal(4)))
+
+
+def test_gradcheck_catches_state_kept_outside_ctx():
+    # forward then backward at once is right; another forward in between is what training does
+    with pytest.raises(GradcheckError, match=r"(?s)depends on other calls of fn.*outside ctx"):
+        gradcheck(SquareWithStateOnTheClass.apply, leaf(RNG.standard_normal(4)))
+    assert gradcheck(Cube.apply, leaf(RNG.standard_normal(4)))
+
+
+def test_gradcheck_reports_a_nan_gradient_as_wrong_not_as_nondeterministic():
+    class NanBackward(Doubles):
+        @staticmethod
+        def backward(ctx, grad_out):
+            return 2 * grad_out * np.nan
+
+    with pytest.raises(GradcheckError, match=r"(?s)disagrees.*analytical = nan"):
+        gradcheck(NanBackward.apply, leaf(RNG.standard_normal(3)), check_undefined_grad=False)
+
+
+# ---- gradcheck's outputs: complex refused, none floating warned, no graph explained ------------
+def test_gradcheck_refuses_complex_outputs():
+    with pytest.raises(TypeError, match="complex"):
+        gradcheck(lambda a: tn.Tensor(a.data + 1j), leaf(RNG.standard_normal(3)))
+
+
+def test_gradcheck_warns_when_no_output_is_floating():
+    with pytest.warns(UserWarning, match="no floating-point output"):
+        assert gradcheck(lambda a: tn.Tensor(a.data > 0), leaf(RNG.standard_normal(3)))
+
+
+def test_gradcheck_explains_an_output_without_graph():
+    with pytest.raises(GradcheckError, match=r"(?s)analytical = 0.0.*output 0 does not require "
+                                             r"grad"):
+        gradcheck(lambda a: tn.Tensor(a.data * 2), leaf(RNG.standard_normal(3)))
+
+
+def test_gradcheck_zero_size_and_0d_inputs():
+    assert gradcheck(lambda a: a.tanh(), leaf(np.zeros((0, 3))))
+    assert gradcheck(lambda a: a.tanh(), leaf(0.3))
+    assert gradcheck(lambda a, b: (a * b).sum(), (leaf(0.3), leaf(RNG.standard_normal(3))))
+
+
 @pytest.mark.gpu
 def test_gradcheck_and_assert_close_on_cupy_arrays():
     x = tn.tensor(RNG.standard_normal((3, 4)), device="cuda", requires_grad=True)
@@ -315,6 +516,44 @@ def test_assert_close_shape_mismatch_and_mixed_inputs():
     with pytest.raises(AssertionError):
         assert_close(np.array([np.nan]), np.array([np.nan]))
     assert_close(np.array([np.inf, -np.inf]), np.array([np.inf, -np.inf]))
+
+
+def test_assert_close_complex_dtypes_have_torch_tolerances():
+    # complex64 as float32, complex128 as float64 (were compared exactly)
+    assert_close(np.array([1 + 1j]), np.array([1 + 1j + 1e-9]))
+    assert_close(np.array([1 + 1j], np.complex64), np.array([1 + 1j + 1e-6], np.complex64))
+    with pytest.raises(AssertionError, match="rtol=1e-07, atol=1e-07"):
+        assert_close(np.array([1 + 1j]), np.array([1 + 1.001j]))
+
+
+def test_assert_close_checks_dtypes_as_torch():
+    with pytest.raises(AssertionError, match="dtypes differ: actual has dtype float32"):
+        assert_close(np.ones(2, np.float32), np.ones(2))
+    with pytest.raises(AssertionError, match="dtypes differ"):
+        assert_close(tn.tensor(np.ones(2, np.float32)), tn.tensor(np.ones(2)))
+    assert_close(np.ones(2, np.float32), np.ones(2), check_dtype=False)
+    # Python scalars and lists have no dtype of their own: compared by value
+    assert_close(tn.tensor(np.array([1.5, 2.5], np.float32)), [1.5, 2.5])
+    assert_close(np.float32(2.0), 2.0)
+
+
+def test_assert_close_equal_nan():
+    with pytest.raises(AssertionError, match="NaN matches NaN only with equal_nan=True"):
+        assert_close(np.array([1.0, np.nan]), np.array([1.0, np.nan]))
+    assert_close(np.array([1.0, np.nan]), np.array([1.0, np.nan]), equal_nan=True)
+    with pytest.raises(AssertionError):
+        assert_close(np.array([np.nan]), np.array([1.0]), equal_nan=True)
+
+
+def test_assert_close_tolerances_together_and_msg():
+    with pytest.raises(ValueError, match="atol given without rtol"):
+        assert_close(np.array([1.0]), np.array([1.05]), atol=0.1)
+    with pytest.raises(ValueError, match=">= 0"):
+        assert_close(np.array([1.0]), np.array([1.0]), rtol=-1.0, atol=0.0)
+    with pytest.raises(AssertionError, match="^my message$"):
+        assert_close(np.array([1.0]), np.array([2.0]), msg="my message")
+    with pytest.raises(AssertionError, match=r"(?s)^context\nassert_close: values are not"):
+        assert_close(np.array([1.0]), np.array([2.0]), msg=lambda m: "context\n" + m)
 
 
 # ---- strategies keep their promises ---------------------------------------------------------
@@ -394,6 +633,53 @@ def test_strategies_reject_bad_arguments():
         S.attention_inputs(mask_kinds=("sparse",))
     with pytest.raises(ValueError, match="nothing of"):
         S.arrays((2,), lo=-0.1, hi=0.1, avoid=(0.0,), margin=0.5)
+
+
+def test_arrays_reach_both_ends_of_the_range():
+    # values once stayed in the middle half of each of n bins: one value never left
+    # [lo + L/4, hi - L/4], so arrays((), lo=-20, hi=20) never drew |x| > 10
+    single = [S.spread_values(np.random.default_rng(seed), 1, -3.0, 3.0)[0] for seed in range(400)]
+    assert min(single) < -2.9 and max(single) > 2.9
+    three = np.concatenate([S.spread_values(np.random.default_rng(seed), 3, -3.0, 3.0)
+                            for seed in range(400)])
+    assert three.min() < -2.95 and three.max() > 2.95
+
+
+@given(arrays(shapes(max_dims=2, max_side=6), lo=-1.0, hi=1.0, avoid=(0.0,), margin=0.6))
+def test_arrays_spacing_counts_only_the_allowed_length(a):
+    # allowed: [-1, -0.6] and [0.6, 1], L = 0.8: any two at least L / 2n apart
+    assert np.abs(a).min() >= 0.6 - 1e-12 and np.abs(a).max() <= 1.0
+    gaps = np.diff(np.sort(a.ravel()))
+    assert gaps.size == 0 or gaps.min() >= 0.8 / (2 * a.size) * (1 - 1e-9)
+
+
+def test_strategies_explain_impossible_arguments():
+    for kwargs, message in (({"lo": 1.0, "hi": 1.0}, "lo < hi"),
+                            ({"lo": 2.0, "hi": 1.0}, "lo < hi"), ({"lo": -np.inf}, "finite"),
+                            ({"margin": -0.1}, "margin"), ({"dtype": np.int64}, "floating"),
+                            ({"dtype": np.complex128}, "floating")):
+        with pytest.raises(ValueError, match=message):
+            S.arrays((2,), **kwargs)
+    with pytest.raises(ValueError, match="max_features=3 < min_features=5"):
+        S.normalizable_rows(min_features=5, max_features=3)
+    with pytest.raises(ValueError, match="lo < hi"):
+        S.normalizable_rows(lo=1.0, hi=-1.0)
+    with pytest.raises(ValueError, match="lo <= hi"):
+        S.degenerate_rows(lo=1.0, hi=-1.0)
+    with pytest.raises(ValueError, match="floating"):
+        S.attention_inputs(dtype=np.int32)
+
+
+@given(arrays(4), arrays([2, 3]), arrays(np.int64(2), avoid=0.0))
+def test_arrays_take_int_and_list_shapes_as_hypothesis_does(a, b, c):
+    assert a.shape == (4,) and b.shape == (2, 3) and c.shape == (2,) and np.abs(c).min() >= 0.1
+
+
+@given(S.degenerate_rows(max_features=1), S.degenerate_rows(max_features=3, dtype=np.float32),
+       S.normalizable_rows(dtype=np.float32), S.attention_inputs(dtype=np.float32))
+def test_strategies_respect_max_features_and_dtype(single, constant, rows, attention):
+    assert single.shape[-1] == 1 and constant.shape[-1] <= 3
+    assert constant.dtype == rows.dtype == attention.q.dtype == attention.v.dtype == np.float32
 
 
 def test_every_strategy_has_a_docstring():

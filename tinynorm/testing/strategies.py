@@ -3,15 +3,18 @@
 Finite differences need inputs on which the function is smooth at the scale of ``eps``:
 no two elements so close that a max or a sort can swap them, nothing on a kink such as
 relu's 0 (``avoid=``), rows with spread for normalisation. ``arrays`` therefore draws a seed
-and spreads its values over ``[lo, hi]`` (one value per equal-width bin, each in its bin's
-middle half, then shuffled), so any two elements are at least ``(hi − lo) / 2n`` apart.
-Shapes come from ``hypothesis.extra.numpy`` and shrink as usual; values shrink with the seed.
+and spreads its n values over ``[lo, hi]``, ends included, any two at least ``L / 2n`` apart
+(``L = hi − lo`` less what ``avoid`` takes out). Shapes come from ``hypothesis.extra.numpy``
+and shrink as usual; values are a function of the seed, so they do not shrink towards simpler
+numbers: a failing example shrinks to the smallest shape and the seed that still fails.
 
 Arrays are on the host: wrap them with ``tn.tensor(a, requires_grad=True)`` (which copies
 them to the current backend).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import hypothesis.extra.numpy as hnp
@@ -32,6 +35,26 @@ def shapes(min_dims: int = 1, max_dims: int = 4, min_side: int = 1, max_side: in
                             max_side=max_side)
 
 
+def _float_dtype(dtype, who: str):
+    """``dtype`` as a NumPy dtype, refused unless it is a real floating one."""
+    dtype = backend.numpy_dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"{who}: dtype must be a real floating dtype (float16, float32, "
+                         f"float64); got {dtype}")
+    return dtype
+
+
+def _shape(shape, who: str):
+    """A strategy of shapes as it is; an int or a sequence of ints as a tuple."""
+    if isinstance(shape, st.SearchStrategy):
+        return shape
+    sides = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    if not all(isinstance(s, numbers.Integral) and s >= 0 for s in sides):
+        raise ValueError(f"{who}: shape must be a tuple of ints >= 0 or a strategy of them; "
+                         f"got {shape!r}")
+    return tuple(int(s) for s in sides)
+
+
 def _allowed_intervals(lo: float, hi: float, avoid, margin: float) -> list:
     """[lo, hi] with the open interval (p − margin, p + margin) removed around each p."""
     intervals = [(lo, hi)]
@@ -50,7 +73,16 @@ def _allowed_intervals(lo: float, hi: float, avoid, margin: float) -> list:
 
 
 def _check_allowed(lo, hi, avoid, margin) -> list:
-    intervals = _allowed_intervals(float(lo), float(hi), avoid, float(margin))
+    """The allowed intervals; ValueError, naming the argument, for a range that is empty or
+    not finite, a negative margin, or avoided points that leave nothing."""
+    lo, hi, margin = float(lo), float(hi), float(margin)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"strategies: need finite lo < hi; got lo={lo}, hi={hi}")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"strategies: margin must be finite and >= 0; got {margin}")
+    if not all(math.isfinite(float(p)) for p in avoid):
+        raise ValueError(f"strategies: points to avoid must be finite; got {tuple(avoid)}")
+    intervals = _allowed_intervals(lo, hi, [float(p) for p in avoid], margin)
     if not sum(b - a for a, b in intervals) > 0:
         raise ValueError(f"strategies: nothing of [{lo}, {hi}] is left after avoiding "
                          f"{tuple(avoid)} by margin {margin}")
@@ -58,36 +90,42 @@ def _check_allowed(lo, hi, avoid, margin) -> list:
 
 
 def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0.1):
-    """``n`` shuffled float64 values in ``[lo, hi]``, pairwise at least ``L / 2n`` apart
-    (``L`` the length allowed), none closer than ``margin`` to a point of ``avoid``.
+    """``n`` shuffled float64 values in ``[lo, hi]``, pairwise at least ``gap = L / 2n``
+    apart (``L`` the length allowed), none closer than ``margin`` to a point of ``avoid``.
 
-    Stratified: value ``j`` sits in the middle half of the ``j``-th of ``n`` equal bins laid
-    over the allowed set, so neighbours keep half a bin between them.
+    Positions along the allowed length are n sorted uniform draws over ``L − (n − 1)·gap``,
+    the j-th moved up by ``j·gap``: uniform over all such sets, so any value may lie at
+    either end. Laid over the allowed intervals, gaps only widen across an avoided one.
     """
     intervals = _check_allowed(lo, hi, avoid, margin)
     lengths = np.array([b - a for a, b in intervals])
-    width = lengths.sum() / max(n, 1)
-    positions = (np.arange(n) + 0.25 + 0.5 * rng.random(n)) * width  # in the allowed length
+    gap = lengths.sum() / (2 * max(n, 1))
+    positions = np.sort(rng.random(n)) * (lengths.sum() - (n - 1) * gap) + np.arange(n) * gap
     starts = np.concatenate([[0.0], np.cumsum(lengths)[:-1]])
     which = np.searchsorted(starts, positions, side="right") - 1
     values = np.array([a for a, _ in intervals])[which] + (positions - starts[which])
-    return rng.permutation(values)
+    return rng.permutation(np.clip(values, lo, hi))  # clip: rounding at the very ends
 
 
 def arrays(shape, dtype=backend.float64, lo: float = -3.0, hi: float = 3.0, *,
            avoid=(), margin: float = 0.1):
-    """Arrays of ``shape`` (a tuple or a strategy of tuples) and ``dtype``, well conditioned
-    for finite differences: finite values in ``[lo, hi]``, any two at least
-    ``(hi − lo) / 2n`` apart (n elements; no repeated fill value, no near-ties for max),
-    and none within ``margin`` of a point in ``avoid`` (e.g. ``avoid=(0.0,)`` for relu)."""
+    """Arrays of ``shape`` (a tuple, an int, or a strategy of tuples) and a floating
+    ``dtype``, well conditioned for finite differences: finite values in ``[lo, hi]`` (ends
+    included), none within ``margin`` of a point in ``avoid`` (e.g. ``avoid=(0.0,)`` for
+    relu), and any two at least ``L / 2n`` apart, n the number of elements and ``L = hi − lo``
+    less the avoided intervals (no repeated fill value, no near-ties for max). The values are
+    drawn in float64 and rounded to ``dtype``, which moves each by up to half its spacing.
+    ValueError for a non-float dtype, lo >= hi, or a margin that leaves nothing."""
+    dtype = _float_dtype(dtype, "arrays")
+    avoid = (avoid,) if isinstance(avoid, (int, float)) else tuple(avoid)
     _check_allowed(lo, hi, avoid, margin)
-    return _arrays(shape, dtype, lo, hi, tuple(avoid), margin)
+    return _arrays(_shape(shape, "arrays"), dtype, lo, hi, avoid, margin)
 
 
 @st.composite
 def _arrays(draw, shape, dtype, lo, hi, avoid, margin):
-    if not isinstance(shape, tuple):
-        shape = draw(shape)
+    if isinstance(shape, st.SearchStrategy):
+        shape = tuple(draw(shape))
     rng = np.random.default_rng(draw(_seeds))
     size = int(np.prod(shape, dtype=np.int64))
     values = spread_values(rng, size, lo, hi, avoid, margin)
@@ -118,6 +156,11 @@ def normalizable_rows(*, min_dims: int = 2, max_dims: int = 3, max_side: int = 4
     if min_features < 2:
         raise ValueError("normalizable_rows: min_features must be at least 2 (use "
                          "degenerate_rows for d=1)")
+    if max_features < min_features:
+        raise ValueError(f"normalizable_rows: max_features={max_features} < "
+                         f"min_features={min_features}")
+    dtype = _float_dtype(dtype, "normalizable_rows")
+    _check_allowed(lo, hi, (), 0.0)
     return _normalizable_rows(min_dims, max_dims, max_side, min_features, max_features, dtype,
                               lo, hi)
 
@@ -132,15 +175,26 @@ def _normalizable_rows(draw, min_dims, max_dims, max_side, min_features, max_fea
     return np.array(rows).reshape(shape).astype(dtype)
 
 
-@st.composite
-def degenerate_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
+def degenerate_rows(*, min_dims: int = 2, max_dims: int = 3, max_side: int = 4,
                     max_features: int = 8, dtype=backend.float64, lo: float = -3.0,
                     hi: float = 3.0):
     """2-D/3-D arrays ``(..., d)`` whose every row has zero variance: either ``d == 1``, or
-    each row is one constant repeated ``d`` times (the case of Chainer's LayerNorm
-    divide-by-zero). Constants are arbitrary floats in ``[lo, hi]``, 0 included."""
-    single = draw(st.booleans())
-    d = 1 if single else draw(st.integers(2, max(2, max_features)))
+    each row is one constant repeated ``d`` times, ``2 <= d <= max_features`` (the case of
+    Chainer's LayerNorm divide-by-zero). Constants are arbitrary floats in ``[lo, hi]``, 0
+    included (lo and hi must be exact in ``dtype``: Hypothesis says so otherwise)."""
+    if max_features < 1:
+        raise ValueError(f"degenerate_rows: max_features must be at least 1; got "
+                         f"{max_features}")
+    dtype = _float_dtype(dtype, "degenerate_rows")
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise ValueError(f"degenerate_rows: need finite lo <= hi; got lo={lo}, hi={hi}")
+    return _degenerate_rows(min_dims, max_dims, max_side, max_features, dtype, lo, hi)
+
+
+@st.composite
+def _degenerate_rows(draw, min_dims, max_dims, max_side, max_features, dtype, lo, hi):
+    single = max_features == 1 or draw(st.booleans())
+    d = 1 if single else draw(st.integers(2, max_features))
     shape = _row_shape(draw, min_dims, max_dims, max_side, d)
     width = 8 * backend.numpy_dtype(dtype).itemsize
     constants = draw(hnp.arrays(dtype, shape[:-1] + (1,), elements=st.floats(
@@ -152,7 +206,8 @@ def degenerate_rows(draw, *, min_dims: int = 2, max_dims: int = 3, max_side: int
 class AttentionInputs:
     """Inputs of ``scaled_dot_product_attention(q, k, v, attn_mask, is_causal=...)``.
 
-    ``q`` is (B, H, L, E), ``k`` is (B, H, S, E), ``v`` is (B, H, S, Ev), all float64.
+    ``q`` is (B, H, L, E), ``k`` is (B, H, S, E), ``v`` is (B, H, S, Ev), all of the dtype
+    asked for (float64 by default; a float mask too).
     ``mask_kind`` is one of ``"none"``, ``"bool"``, ``"float"``, ``"causal"``; ``mask`` is
     None for "none"; for "bool" True means *take part in attention* (PyTorch's convention);
     for "float" it is added to the scores; for "causal" it is the boolean mask that
@@ -187,6 +242,7 @@ def attention_inputs(*, max_batch: int = 2, max_heads: int = 2, max_len: int = 4
     if unknown or not mask_kinds:
         raise ValueError(f"attention_inputs: mask_kinds {tuple(mask_kinds)}; expected some "
                          f"of {MASK_KINDS}")
+    dtype = _float_dtype(dtype, "attention_inputs")
     return _attention_inputs(max_batch, max_heads, max_len, max_embed, tuple(mask_kinds),
                              allow_fully_masked, dtype)
 
