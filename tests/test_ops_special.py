@@ -232,7 +232,9 @@ def test_float16_sum_and_mean_along_any_axis_are_summed_in_float32(op):
     assert (np.abs(got - exact) <= np.spacing(np.abs(exact).astype(np.float16))).all()
 
 
-def test_mean_of_integers_is_an_error_naming_the_dtype_as_in_pytorch():
+def test_mean_of_integers_is_an_error_naming_the_dtype():
+    """PyTorch refuses it too (a RuntimeError: "could not infer output dtype"); NumPy gave
+    float64."""
     with pytest.raises(TypeError, match="mean: expected a floating-point input, got dtype int64"):
         tn.arange(3).mean()
 
@@ -381,6 +383,13 @@ def test_elementwise_results_take_pytorchs_dtype(op):
     assert not mismatches, "\n".join(mismatches)
 
 
+def test_a_complex_number_takes_the_float_tensors_precision_as_pytorch():
+    for dtype in (np.float32, np.float64):
+        values = np.ones(2, dtype)
+        want = str((torch.tensor(values) * 1j).dtype).replace("torch.", "")
+        assert str((tn.tensor(values) * 1j).dtype) == want  # complex64, complex128
+
+
 def test_pow_takes_pytorchs_dtype_and_names_negative_integer_powers():
     for kind, name in OPERANDS[:12]:
         for p in (2, 2.0, np.float64(2), np.float32(0.5), np.int32(3), 0):
@@ -456,6 +465,18 @@ def test_a_number_to_a_tensors_power_matches_pytorch(base):
     np.testing.assert_allclose(host(x.grad), t.grad.numpy(), rtol=1e-12, equal_nan=True)
     assert (2 ** tn.tensor([1, 2])).dtype == np.int64
     assert (2.0 ** tn.tensor([1])).dtype == np.float32
+    powers = np.array([-3, -2, -1, 0, 3])  # integers: NumPy raises on the negative ones
+    for c in (0, 1, -1, 2, -2):
+        assert (c ** tn.tensor(powers)).tolist() == (c ** torch.tensor(powers)).tolist(), c
+
+
+def test_a_tensor_to_a_tensors_power_is_refused_naming_both():
+    """An array base went to the number-base op and failed on NumPy's "truth value of an
+    array is ambiguous"."""
+    for base in (leaf([2.0, 3.0]), np.array([2.0, 3.0]), np.array(2.0)):
+        with pytest.raises(TypeError, match="pow: a tensor to a tensor's power is not "
+                                            "supported"):
+            tn.pow(base, leaf([1.0, 2.0]))
 
 
 @settings(max_examples=20, deadline=None)

@@ -739,3 +739,13 @@ class Softplus(tn.Function):
 @given(arrays(shapes(max_dims=3), lo=-20.0, hi=20.0))
 def test_softplus_gradient(x):
     assert gradcheck(Softplus.apply, tn.tensor(x, requires_grad=True))
+
+
+def test_strategy_errors_name_the_strategy_and_avoid_takes_a_numpy_scalar():
+    """The range errors began "strategies:", whichever strategy was called, and a NumPy
+    scalar for ``avoid`` raised "not iterable"."""
+    with pytest.raises(ValueError, match=r"^arrays: need finite lo < hi"):
+        S.arrays((2,), lo=1.0, hi=0.0)
+    with pytest.raises(ValueError, match=r"^normalizable_rows: need finite lo < hi"):
+        S.normalizable_rows(lo=2.0, hi=2.0)
+    S.arrays((2,), avoid=np.float32(0.0))  # one point, as avoid=0.0

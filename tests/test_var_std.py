@@ -110,7 +110,7 @@ def test_float16_deviations_past_256_are_squared_in_float32(case):
     """(x − μ)² was squared in float16: a deviation past 256 is past 65504, so var was inf, and
     std too (var rounded to float16 before the root). Now μ, the deviations, σ² and its
     root are float32, each result rounded once, and dx comes from the same float32 maths:
-    both within a float16 ulp of PyTorch's float16 results and of the float64 maths."""
+    both within a float16 ulp of the float64 maths."""
     x = np.zeros((3, 1000)) if case == "one outlier" else np.tile(np.arange(64.0) * 9, (3, 1))
     x[:, 0] = 600 if case == "one outlier" else x[:, 0]
     x = x.astype(np.float16)

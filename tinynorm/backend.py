@@ -29,6 +29,7 @@ BACKENDS = ("numpy", "cupy")
 float16 = numpy.dtype("float16")
 float32 = numpy.dtype("float32")
 float64 = numpy.dtype("float64")
+int8 = numpy.dtype("int8")
 int32 = numpy.dtype("int32")
 int64 = numpy.dtype("int64")
 bool_ = numpy.dtype("bool")
@@ -39,6 +40,26 @@ DEFAULT_FLOAT = float32
 def result_type(*dtypes):
     """NumPy's promotion of ``dtypes`` alone (dtypes, not arrays: CuPy's are NumPy's)."""
     return numpy.result_type(*dtypes)
+
+
+CATEGORIES = "b", "iu", "f", "c"  # PyTorch's order of dtype kinds: bool < int < float < complex
+
+
+def category(dtype) -> int:
+    """0 for bool, 1 for integers, 2 for floats, 3 for complex (PyTorch's categories); a
+    TypeError for any other dtype (strings, objects)."""
+    kind = numpy.dtype(dtype).kind
+    for i, kinds in enumerate(CATEGORIES):
+        if kind in kinds:
+            return i
+    raise TypeError(f"expected numbers or numeric tensors, got dtype {dtype}")
+
+
+def promote_types(*dtypes):
+    """PyTorch's promotion of ``dtypes``: the highest category wins and its dtypes promote by
+    NumPy's rules among themselves (float16 with int64 is float16, where NumPy's is float64)."""
+    top = max(category(d) for d in dtypes)
+    return result_type(*(d for d in dtypes if category(d) == top))
 
 _cupy = None
 _current = "numpy"

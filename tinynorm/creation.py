@@ -52,8 +52,11 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         arr = backend.module(name).array(backend.to_numpy(data) if name == "numpy" else data,
                                          dtype=dtype_)
     else:
-        data, typed = _host_items(data)
+        data, dtypes = _host_items(data)
         xp = _xp(device, "tinynorm.tensor")
+        if dtype_ is None and all(d is not None for d in dtypes):
+            # no elements at all (tensor([])): the default float, as PyTorch
+            dtype_ = backend.promote_types(*dtypes) if dtypes else backend.DEFAULT_FLOAT
         try:
             arr = xp.array(data, dtype=dtype_)
         except (TypeError, ValueError) as err:
@@ -62,24 +65,29 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
         if arr.dtype.kind not in "biufc":
             raise TypeError(f"tinynorm.tensor: expected numbers, got elements of "
                             f"{type(arr.reshape(-1)[0]).__name__ if arr.size else 'no type'}")
-        if dtype is None and arr.dtype.kind == "f" and not typed:
-            arr = arr.astype(backend.DEFAULT_FLOAT)
     return Tensor(arr, requires_grad=requires_grad)
 
 
+# the dtype a Python number stands for in data, as in PyTorch: floats are the default float
+_NUMBER_DTYPES = {bool: backend.bool_, int: backend.int64, float: backend.DEFAULT_FLOAT,
+                  complex: backend.complex64}
+
+
 def _host_items(data):
-    """(data, typed): a nested list or tuple with each Tensor or array in it as a host
-    array (as PyTorch, ``tensor([t1, t2])`` takes the values, without grad), and whether any
-    element has a dtype of its own (a tensor, an array, a NumPy scalar), which then decides
-    the dtype as in PyTorch; Python floats alone make float32."""
+    """(data, dtypes): a nested list or tuple with each Tensor or array in it as a host
+    array (as PyTorch, ``tensor([t1, t2])`` takes the values, without grad), and the dtype
+    of each element (a tensor's, an array's or a NumPy scalar's own; a Python number's from
+    _NUMBER_DTYPES; None for anything else), which ``backend.promote_types`` combines as
+    PyTorch does: a float16 NumPy scalar and 2 make float16, ``[t_int64, 1.5]`` float32."""
     if isinstance(data, Tensor):
-        return backend.to_numpy(data.data), True
+        return backend.to_numpy(data.data), [data.dtype]
     if backend.is_array(data):
-        return backend.to_numpy(data), True
+        return backend.to_numpy(data), [data.dtype]
     if isinstance(data, (list, tuple)):
         items = [_host_items(item) for item in data]
-        return [item for item, _ in items], any(typed for _, typed in items)
-    return data, hasattr(data, "dtype")
+        return [item for item, _ in items], [d for _, dtypes in items for d in dtypes]
+    dtype = getattr(data, "dtype", None)
+    return data, [dtype if dtype is not None else _NUMBER_DTYPES.get(type(data))]
 
 
 def as_tensor(data, dtype=None, device=None) -> Tensor:

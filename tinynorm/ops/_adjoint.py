@@ -100,38 +100,37 @@ def operand_shapes(op: str, *operands) -> tuple:
     return shapes
 
 
-_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2, "c": 3}  # PyTorch's order: bool < int < float
+_NUMBERS = {bool: 0, int: 1, float: 2, complex: 3}  # Python numbers' categories (bool first)
 
 
 def _category(a) -> int:
-    """0 for bool, 1 for integers, 2 for floats, 3 for complex, of an array or a number."""
-    kind = a.dtype.kind if hasattr(a, "dtype") else \
-        "b" if isinstance(a, bool) else "i" if isinstance(a, int) else \
-        "f" if isinstance(a, float) else "c" if isinstance(a, complex) else None
-    if kind not in _CATEGORY:
-        raise TypeError(f"expected numbers or numeric tensors, got {type(a).__name__}"
-                        + (f" of dtype {a.dtype}" if hasattr(a, "dtype") else ""))
-    return _CATEGORY[kind]
+    """PyTorch's category of an array or a number: 0 bool, 1 integer, 2 float, 3 complex."""
+    if hasattr(a, "dtype"):
+        return backend.category(a.dtype)
+    for kind, number_category in _NUMBERS.items():
+        if isinstance(a, kind):
+            return number_category
+    raise TypeError(f"expected numbers or numeric tensors, got {type(a).__name__}")
 
 
 def result_dtype(*operands):
     """The dtype PyTorch's type promotion gives an elementwise op on ``operands`` (arrays,
-    Python numbers, NumPy scalars). The highest category (bool < int < float) wins, and its
-    dtype comes from the operands of that category that rank highest: tensors with dims,
-    then 0-d tensors, then numbers, whose dtype is the default one (float32, int64). So
-    float32 times a NumPy float64 scalar, float32 + a 0-d float64 tensor and int64 · float32
-    are float32, where NumPy gives float64; an int64 tensor + 1.5 is float32, NumPy's
-    float64."""
+    Python numbers, NumPy scalars). The highest category (bool < int < float < complex) wins,
+    and its dtype comes from the operands of that category that rank highest: tensors with
+    dims, then 0-d tensors, then numbers, whose dtype is the default one (float32, int64; a
+    complex number takes the floats' precision). So float32 times a NumPy float64 scalar,
+    float32 + a 0-d float64 tensor and int64 · float32 are float32, where NumPy gives float64;
+    an int64 tensor + 1.5 is float32, NumPy's float64."""
     category = max(_category(a) for a in operands)
     for rank in (lambda a: a.ndim > 0, lambda a: a.ndim == 0):
         dtypes = [a.dtype for a in operands
                   if backend.is_array(a) and rank(a) and _category(a) == category]
         if dtypes:
             return backend.result_type(*dtypes)
-    return (backend.bool_, backend.int64, backend.DEFAULT_FLOAT, backend.complex64)[category]
-
-
-_NUMBERS = {bool: 0, int: 1, float: 2, complex: 3}  # Python numbers' categories
+    if category == 3:  # float64 · 1j is complex128, float32 · 1j complex64
+        return backend.result_type(backend.complex64, *(
+            a.dtype for a in operands if backend.is_array(a) and a.dtype.kind == "f"))
+    return (backend.bool_, backend.int64, backend.DEFAULT_FLOAT)[category]
 
 
 def _unchanged(operands, floating: bool) -> bool:
@@ -146,7 +145,7 @@ def _unchanged(operands, floating: bool) -> bool:
                 return False
     if dtype is None or (floating and dtype.kind != "f"):
         return False
-    top = _CATEGORY.get(dtype.kind, -1)
+    top = backend.category(dtype)
     return all(backend.is_array(a) or _NUMBERS.get(type(a), 9) <= top for a in operands)
 
 

@@ -8,6 +8,7 @@ hands each input its gradient in its own dtype.
 from __future__ import annotations
 
 import math
+from numbers import Number
 
 from .. import backend
 from ..autograd import Function
@@ -136,31 +137,41 @@ class Pow(Function):
 
 
 class ScalarPow(Function):
-    """y = c^x for a number c and a tensor x (``c ** x``, ``torch.pow(c, x)``)."""
+    """y = c^x for a number c and a tensor x (``c ** x``, ``torch.pow(c, x)``). For integer
+    x, a negative power is taken as PyTorch takes it: 1 for c = 1, ±1 for c = −1, and 0 for
+    any other c (NumPy raises)."""
 
     @staticmethod
     def forward(ctx, c, x):
         c, x = promoted("pow", c, x)
-        if x.dtype.kind in "biu" and x.size and bool((x < 0).any()):
-            raise ValueError(f"pow: {c} to an integer tensor's negative powers (dtype "
-                             f"{x.dtype}) is not an integer; expected a float tensor")
-        y = c ** x
+        xp = backend.array_module(x)
+        if x.dtype.kind == "i":
+            negative = x < 0
+            y = c ** xp.where(negative, 0, x)  # 0 in place of each negative power, then:
+            if c == -1:
+                xp.copyto(y, xp.where(x % 2 == 0, 1, -1).astype(y.dtype), where=negative)
+            elif c != 1:
+                xp.copyto(y, 0, where=negative)
+        elif c == 0:  # 0^x: inf below 0, taken on |x| elsewhere (NumPy warns of a division)
+            y = xp.where(x < 0, math.inf, c ** xp.abs(x))
+        else:
+            y = c ** x
         ctx.c = c
-        ctx.save_for_backward(y, x if c == 0 else None)
+        ctx.save_for_backward(y if c != 0 else None, x if c == 0 else None)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = c^x · ln c = y · ln c: dx = grad_out · y · ln c. ln c is NaN for c < 0 (so
-        is y, but for integer x), as in PyTorch; for c = 0, dx = 0 where x ≥ 0, as PyTorch
-        takes it (y is 0 or 1 there; ln 0 = −inf would give NaN). Saves y (the output), and
-        x only when c = 0."""
+        is y, but for integer x), as in PyTorch. For c = 0, y · ln c is 0 where x ≥ 0, as
+        PyTorch takes it (y is 0 or 1 there, and 0 · −inf would be NaN), and
+        inf · −inf = −inf where x < 0. Saves y (the output), or x alone when c = 0."""
         y, x = ctx.saved_tensors
         c = ctx.c
-        dx = grad_out * (y * (math.log(c) if c > 0 else math.nan if c < 0 else -math.inf))
         if c == 0:
-            dx = backend.array_module(y).where(x >= 0, y.dtype.type(0), dx)
-        return None, dx
+            xp = backend.array_module(x)
+            return None, grad_out * xp.where(x < 0, -math.inf, 0).astype(grad_out.dtype)
+        return None, grad_out * (y * (math.log(c) if c > 0 else math.nan))
 
 
 def add(a, b):
@@ -187,8 +198,9 @@ def pow(x, exponent):  # noqa: A001 — PyTorch's name
     """``torch.pow``: a tensor to a number's power, or a number to a tensor's (``2 ** x``);
     a tensor to a tensor's power is not supported."""
     if isinstance(exponent, Tensor):
-        if isinstance(x, Tensor):
+        if not isinstance(x, Number):  # a Tensor or an array
             raise TypeError("pow: a tensor to a tensor's power is not supported; one of base "
-                            "and exponent must be a number")
+                            f"and exponent must be a number (got {type(x).__name__} and "
+                            f"Tensor)")
         return ScalarPow.apply(x, exponent)
     return Pow.apply(x, exponent)

@@ -74,10 +74,13 @@ class Abs(Function):
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice), and 0 at NaN, as PyTorch's sign.
-        Saves x (the input, no new memory) and takes its sign here."""
+        Saves x (the input, no new memory) and takes its sign here, as PyTorch defines it:
+        [x > 0] − [x < 0], the two bool masks read as int8 (NumPy's sign gives NaN at NaN, and
+        clearing that costs twice as much)."""
         (x,) = ctx.saved_tensors
         xp = backend.array_module(x)
-        return grad_out * xp.nan_to_num(xp.sign(x))
+        positive, negative = xp.asarray(x > 0), xp.asarray(x < 0)  # arrays, also for 0-d x
+        return grad_out * (positive.view(backend.int8) - negative.view(backend.int8))
 
 
 class Tanh(Function):

@@ -72,19 +72,19 @@ def _allowed_intervals(lo: float, hi: float, avoid, margin: float) -> list:
     return intervals
 
 
-def _check_allowed(lo, hi, avoid, margin) -> list:
+def _check_allowed(lo, hi, avoid, margin, who: str) -> list:
     """The allowed intervals; ValueError, naming the argument, for a range that is empty or
     not finite, a negative margin, or avoided points that leave nothing."""
     lo, hi, margin = float(lo), float(hi), float(margin)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"strategies: need finite lo < hi; got lo={lo}, hi={hi}")
+        raise ValueError(f"{who}: need finite lo < hi; got lo={lo}, hi={hi}")
     if not (math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"strategies: margin must be finite and >= 0; got {margin}")
+        raise ValueError(f"{who}: margin must be finite and >= 0; got {margin}")
     if not all(math.isfinite(float(p)) for p in avoid):
-        raise ValueError(f"strategies: points to avoid must be finite; got {tuple(avoid)}")
+        raise ValueError(f"{who}: points to avoid must be finite; got {tuple(avoid)}")
     intervals = _allowed_intervals(lo, hi, [float(p) for p in avoid], margin)
     if not sum(b - a for a, b in intervals) > 0:
-        raise ValueError(f"strategies: nothing of [{lo}, {hi}] is left after avoiding "
+        raise ValueError(f"{who}: nothing of [{lo}, {hi}] is left after avoiding "
                          f"{tuple(avoid)} by margin {margin}")
     return intervals
 
@@ -97,7 +97,7 @@ def spread_values(rng, n: int, lo: float, hi: float, avoid=(), margin: float = 0
     the j-th moved up by ``j·gap``: uniform over all such sets, so any value may lie at
     either end. Laid over the allowed intervals, gaps only widen across an avoided one.
     """
-    intervals = _check_allowed(lo, hi, avoid, margin)
+    intervals = _check_allowed(lo, hi, avoid, margin, "spread_values")
     lengths = np.array([b - a for a, b in intervals])
     gap = lengths.sum() / (2 * max(n, 1))
     positions = np.sort(rng.random(n)) * (lengths.sum() - (n - 1) * gap) + np.arange(n) * gap
@@ -117,8 +117,8 @@ def arrays(shape, dtype=backend.float64, lo: float = -3.0, hi: float = 3.0, *,
     drawn in float64 and rounded to ``dtype``, which moves each by up to half its spacing.
     ValueError for a non-float dtype, lo >= hi, or a margin that leaves nothing."""
     dtype = _float_dtype(dtype, "arrays")
-    avoid = (avoid,) if isinstance(avoid, (int, float)) else tuple(avoid)
-    _check_allowed(lo, hi, avoid, margin)
+    avoid = (avoid,) if isinstance(avoid, numbers.Real) else tuple(avoid)
+    _check_allowed(lo, hi, avoid, margin, "arrays")
     return _arrays(_shape(shape, "arrays"), dtype, lo, hi, avoid, margin)
 
 
@@ -160,7 +160,7 @@ def normalizable_rows(*, min_dims: int = 2, max_dims: int = 3, max_side: int = 4
         raise ValueError(f"normalizable_rows: max_features={max_features} < "
                          f"min_features={min_features}")
     dtype = _float_dtype(dtype, "normalizable_rows")
-    _check_allowed(lo, hi, (), 0.0)
+    _check_allowed(lo, hi, (), 0.0, "normalizable_rows")
     return _normalizable_rows(min_dims, max_dims, max_side, min_features, max_features, dtype,
                               lo, hi)
 
