@@ -251,8 +251,9 @@ def test_a_parameter_repeated_in_a_group_warns_and_steps_as_in_torch(name, kwarg
         ref = getattr(torch.optim, name)([theirs[0], theirs[1], theirs[0]], **kwargs)
     with pytest.warns(UserWarning, match=rf"{name}: parameter group 0 holds a parameter more "
                                          rf"than once \(at positions 0, 2\); each step "
-                                         rf"updates it once per occurrence"):
+                                         rf"updates it once per occurrence") as caught:
         opt = getattr(optim, name)([ours[0], ours[1], ours[0]], **kwargs)
+    assert caught[0].filename == __file__  # the caller's line, not the optimizer's
     for _ in range(3):
         set_grads(rng, ours, theirs)
         opt.step()
@@ -261,10 +262,11 @@ def test_a_parameter_repeated_in_a_group_warns_and_steps_as_in_torch(name, kwarg
         close(p, t.detach().numpy(), scale_atol=True)
     # a repeat does not hide a later parameter that another group holds already
     fresh = tn.nn.Parameter(tn.zeros(2))
-    with pytest.warns(UserWarning, match=r"more than once \(at positions 0, 1\)"):
+    with pytest.warns(UserWarning, match=r"more than once \(at positions 0, 1\)") as caught:
         with pytest.raises(ValueError, match="some parameters appear in more than one "
                                              "parameter group"):
             opt.add_param_group({"params": [fresh, fresh, ours[1]]})
+    assert caught[0].filename == __file__
     assert len(opt.param_groups) == 1
 
 

@@ -16,11 +16,24 @@ you keep them while training continues.
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 
 from .. import backend
 from ..autograd import enable_grad, zero_grads
 from ..tensor import Tensor
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` that points a warning raised in this package at the caller's line:
+    the first frame outside tinynorm/optim (a constructor's ``add_param_group`` is two or
+    three frames deeper than a direct call)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class _RequiredParameter:
@@ -106,7 +119,8 @@ class Optimizer:
         if repeated:  # PyTorch warns too ("in future, this will cause an error")
             warnings.warn(f"{name}: parameter group {len(self.param_groups)} holds a parameter "
                           f"more than once (at positions {', '.join(map(str, repeated[0]))}); "
-                          f"each step updates it once per occurrence", UserWarning, stacklevel=3)
+                          f"each step updates it once per occurrence", UserWarning,
+                          stacklevel=_caller_level())
         for other in self.param_groups:
             if ("param_names" in other) != ("param_names" in group):
                 raise ValueError(f"{name}: all optimizer param groups should be with/without "
