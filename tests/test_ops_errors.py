@@ -129,6 +129,9 @@ BAD_ARGUMENTS = [  # (error, message pattern, call): each was NumPy's or Python'
      lambda: t(2).masked_fill(mask(2), "x")),
     (TypeError, r"max: the elementwise form max\(input, other\) is not supported",
      lambda: tn.max(t(2), t(2))),  # read the tensor as dims
+    (TypeError, r"min: the elementwise form min\(input, other\) is not supported",
+     lambda: t(2).min(t(2))),
+    (RuntimeError, r"min: cannot reduce over an empty dim", lambda: t(0, 2).min(0)),
     (TypeError, r"matmul: other must be a tensor, got list",
      lambda: t(2, 3) @ [[1.0], [2.0], [3.0]]),
     (TypeError, r"linear: weight must be a tensor, got list",

@@ -304,6 +304,7 @@ CASES = [
     ("sum", lambda x, d, k: x.sum(d, k), reduction(allow_empty=True)),
     ("mean", lambda x, d, k: x.mean(d, k), reduction(allow_empty=False)),
     ("max", _amax, reduction(allow_empty=False)),
+    ("min", lambda x, dim, keepdim: x.min(dim, keepdim), reduction(allow_empty=False)),
     ("var", lambda x, d, k, c: x.var(d, keepdim=k, correction=c), variance()),
     ("std", lambda x, d, k, c: x.std(d, keepdim=k, correction=c), variance()),
     ("reshape", lambda x, s: x.reshape(*s), reshapes()),

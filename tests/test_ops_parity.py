@@ -78,6 +78,13 @@ def amax(lib, x, dim, keepdim=False):
     return torch.amax(x, dim=() if dim is None else dim, keepdim=keepdim)
 
 
+def amin(lib, x, dim, keepdim=False):
+    """tinynorm's min(dim) returns values only, which is torch.amin."""
+    if lib is tn:
+        return x.min(dim, keepdim)
+    return torch.amin(x, dim=() if dim is None else dim, keepdim=keepdim)
+
+
 @dataclass
 class Case:
     op: str  # the op under test (several rows may share it)
@@ -190,6 +197,11 @@ CASES = [
     C("max", "ties-all", lambda lib, x: amax(lib, x, None), [with_ties(3, 4)]),
     C("max", "ties-dim", lambda lib, x: amax(lib, x, 1, True), [with_ties(3, 6)]),
     C("max", "ties-tuple", lambda lib, x: amax(lib, x, (0, 2)), [with_ties(3, 2, 3)]),
+    *[C("min", f"dim={dim}-keep={keep}",
+        (lambda d, k: lambda lib, x: amin(lib, x, d, k))(dim, keep),
+        [normal(2, 3, 4)])
+      for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+    C("min", "ties-dim", lambda lib, x: amin(lib, x, 1, True), [with_ties(3, 6)]),
     # ---- shape ----
     C("reshape", "2d", lambda lib, x: x.reshape(6, 4), [normal(2, 3, 4)]),
     C("reshape", "-1", lambda lib, x: lib.reshape(x, (-1,)), [normal(2, 3, 4)]),

@@ -12,8 +12,8 @@ from .backend import bool_, float16, float32, float64, int32, int64
 from .creation import (arange, as_tensor, empty, empty_like, full, full_like, ones, ones_like,
                        rand, rand_like, randn, randn_like, tensor, zeros, zeros_like)
 from .ops import (abs, add, cat, chunk, div, exp, flatten, log, log_softmax, masked_fill,
-                  matmul, max, mean, mul, neg, permute, pow, relu, reshape, softmax, split, sqrt,
-                  squeeze, stack, std, sub, sum, tanh, transpose, unsqueeze, var, where)
+                  matmul, max, mean, min, mul, neg, permute, pow, relu, reshape, softmax, split,
+                  sqrt, squeeze, stack, std, sub, sum, tanh, transpose, unsqueeze, var, where)
 
 from . import nn  # noqa: E402  (nn builds on everything above)
 from . import optim  # noqa: E402

@@ -244,6 +244,9 @@ class Tensor:
     def max(self, dim=None, keepdim: bool = False):
         return ops.max(self, dim, keepdim)
 
+    def min(self, dim=None, keepdim: bool = False):
+        return ops.min(self, dim, keepdim)
+
     def var(self, dim=None, unbiased=None, keepdim: bool = False, *, correction=None):
         return ops.var(self, dim, unbiased, keepdim, correction=correction)
 

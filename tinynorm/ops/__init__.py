@@ -14,7 +14,7 @@ from .matmul import linear, matmul
 from .pointwise import abs, exp, gelu, log, relu, sqrt, tanh
 from .rms_norm import rms_norm
 from ._rows import get_num_threads, set_num_threads
-from .reduce import max, mean, std, sum, var
+from .reduce import max, mean, min, std, sum, var
 from .select import masked_fill, where
 from .shape import (cat, chunk, expand, flatten, getitem, permute, reshape, split, squeeze,
                     stack, transpose, unsqueeze, view)

@@ -1,4 +1,4 @@
-"""Reductions: sum, mean, max (values), var and std."""
+"""Reductions: sum, mean, max and min (values), var and std."""
 from __future__ import annotations
 
 import math
@@ -62,20 +62,26 @@ class Mean(Function):
         return _broadcast(g, ctx.shape), None, None
 
 
+def _extreme(ctx, op: str, x, dim, keepdim):
+    """Max's and Min's forward: y = x.max or x.min over the axes, and the mask x == y saved
+    for backward (when recording)."""
+    axes = reduction_axes(op, dim, x.ndim)
+    if any(x.shape[a] == 0 for a in axes):
+        raise RuntimeError(f"{op}: cannot reduce over an empty dim of a tensor of shape "
+                           f"{x.shape} (dim={dim}); the {op}imum of nothing is undefined")
+    y = getattr(x, op)(axis=axes, keepdims=True)
+    ctx.axes, ctx.shape = axes, x.shape
+    if ctx.recording:  # the mask is for backward alone
+        ctx.save_for_backward(x == y)
+    return _squeezed(y, axes, keepdim)
+
+
 class Max(Function):
     """y = max_{axes} x, values only (torch.amax; PyTorch's max(dim) also returns indices)."""
 
     @staticmethod
     def forward(ctx, x, dim=None, keepdim=False):
-        axes = reduction_axes("max", dim, x.ndim)
-        if any(x.shape[a] == 0 for a in axes):
-            raise RuntimeError(f"max: cannot reduce over an empty dim of a tensor of shape "
-                               f"{x.shape} (dim={dim}); the maximum of nothing is undefined")
-        y = x.max(axis=axes, keepdims=True)
-        ctx.axes, ctx.shape = axes, x.shape
-        if ctx.recording:  # the mask is for backward alone
-            ctx.save_for_backward(x == y)
-        return _squeezed(y, axes, keepdim)
+        return _extreme(ctx, "max", x, dim, keepdim)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -86,6 +92,14 @@ class Max(Function):
         g = _unreduce(grad_out, ctx.shape, ctx.axes)
         count = is_max.sum(axis=ctx.axes, keepdims=True).astype(g.dtype)  # int64 would promote g
         return is_max * (g / count), None, None
+
+
+class Min(Max):
+    """y = min_{axes} x, values only (torch.amin). Backward is Max's, on the mask x == min."""
+
+    @staticmethod
+    def forward(ctx, x, dim=None, keepdim=False):
+        return _extreme(ctx, "min", x, dim, keepdim)
 
 
 def _moments(op, x, dim, correction):
@@ -209,7 +223,18 @@ def mean(x, dim=None, keepdim=False):
 
 
 def max(x, dim=None, keepdim=False):  # noqa: A001 — PyTorch's name
-    if backend.is_array(getattr(dim, "data", dim)):
-        raise TypeError("max: the elementwise form max(input, other) is not supported; "
-                        "use tn.where(input >= other, input, other)")
+    _refuse_elementwise("max", dim, ">=")
     return Max.apply(x, dim, keepdim)
+
+
+def min(x, dim=None, keepdim=False):  # noqa: A001 — PyTorch's name
+    _refuse_elementwise("min", dim, "<=")
+    return Min.apply(x, dim, keepdim)
+
+
+def _refuse_elementwise(op: str, dim, compare: str) -> None:
+    """PyTorch's max(input, other) and min(input, other) are elementwise; here a TypeError
+    says so, where the tensor would have been read as dims."""
+    if backend.is_array(getattr(dim, "data", dim)):
+        raise TypeError(f"{op}: the elementwise form {op}(input, other) is not supported; "
+                        f"use tn.where(input {compare} other, input, other)")
