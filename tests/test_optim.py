@@ -31,6 +31,19 @@ def make_pair(rng, shapes=SHAPES):
     return ours, theirs
 
 
+def step_both(rng, opt, ref, ours, theirs, steps):
+    """``steps`` steps of both optimizers, each after the same random gradients."""
+    for _ in range(steps):
+        set_grads(rng, ours, theirs)
+        opt.step()
+        ref.step()
+
+
+def assert_same_parameters(ours, theirs):
+    for p, t in zip(ours, theirs):
+        close(p, t.detach().numpy(), scale_atol=True)
+
+
 def set_grads(rng, ours, theirs, skip=()):
     """Same random gradients on both sides; parameters in ``skip`` get none (None)."""
     for i, (p, t) in enumerate(zip(ours, theirs)):
@@ -72,8 +85,7 @@ def test_optimizer_matches_torch_for_20_steps(name, kwargs):
         set_grads(rng, ours, theirs, skip=(1,) if step in (4, 5) else ())
         opt.step()
         ref.step()
-    for p, t in zip(ours, theirs):
-        close(p, t.detach().numpy(), scale_atol=True)
+    assert_same_parameters(ours, theirs)
     for i, (p, t) in enumerate(zip(ours, theirs)):
         for key, value in ref.state[t].items():
             if key == "step":
@@ -90,12 +102,8 @@ def test_param_groups_with_their_own_options_match_torch():
     ref = torch.optim.Adam([{"params": theirs[:2]},
                             {"params": theirs[2:], "lr": 0.1, "weight_decay": 0.2}], lr=0.01)
     assert opt.param_groups[1]["betas"] == ref.param_groups[1]["betas"] == (0.9, 0.999)
-    for _ in range(20):
-        set_grads(rng, ours, theirs)
-        opt.step()
-        ref.step()
-    for p, t in zip(ours, theirs):
-        close(p, t.detach().numpy(), scale_atol=True)
+    step_both(rng, opt, ref, ours, theirs, 20)
+    assert_same_parameters(ours, theirs)
 
 
 def test_updates_are_in_place_and_leave_the_gradient_alone():
@@ -125,10 +133,7 @@ def test_state_dict_has_torch_structure_and_round_trips():
     opt = optim.Adam([{"params": ours[:1]}, {"params": ours[1:], "lr": 0.1}], lr=0.01, amsgrad=True)
     ref = torch.optim.Adam([{"params": theirs[:1]}, {"params": theirs[1:], "lr": 0.1}], lr=0.01,
                            amsgrad=True)
-    for _ in range(3):
-        set_grads(rng, ours, theirs)
-        opt.step()
-        ref.step()
+    step_both(rng, opt, ref, ours, theirs, 3)
     mine, expected = opt.state_dict(), ref.state_dict()
     assert sorted(mine) == sorted(expected)
     assert [g["params"] for g in mine["param_groups"]] == [[0], [1, 2]]
@@ -168,12 +173,8 @@ def test_torch_state_dict_loads_and_continues_like_torch():
         p.data[...] = tn.tensor(t.detach().numpy()).data
     opt = optim.AdamW(ours)
     opt.load_state_dict(ref.state_dict())
-    for _ in range(6):
-        set_grads(rng, ours, theirs)
-        opt.step()
-        ref.step()
-    for p, t in zip(ours, theirs):
-        close(p, t.detach().numpy(), scale_atol=True)
+    step_both(rng, opt, ref, ours, theirs, 6)
+    assert_same_parameters(ours, theirs)
 
 
 @pytest.mark.parametrize("damage, words", [
@@ -254,12 +255,8 @@ def test_a_parameter_repeated_in_a_group_warns_and_steps_as_in_torch(name, kwarg
                                          rf"updates it once per occurrence") as caught:
         opt = getattr(optim, name)([ours[0], ours[1], ours[0]], **kwargs)
     assert caught[0].filename == __file__  # the caller's line, not the optimizer's
-    for _ in range(3):
-        set_grads(rng, ours, theirs)
-        opt.step()
-        ref.step()
-    for p, t in zip(ours, theirs):
-        close(p, t.detach().numpy(), scale_atol=True)
+    step_both(rng, opt, ref, ours, theirs, 3)
+    assert_same_parameters(ours, theirs)
     # a repeat does not hide a later parameter that another group holds already
     fresh = tn.nn.Parameter(tn.zeros(2))
     with pytest.warns(UserWarning, match=r"more than once \(at positions 0, 1\)") as caught:
