@@ -61,14 +61,18 @@ OPTIMIZER_CASES = [
     ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.1)),
     ("SGD", dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
     ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.1, maximize=True)),
     ("Adam", dict()),
     ("Adam", dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6)),
     ("Adam", dict(lr=0.01, weight_decay=0.1)),
     ("Adam", dict(lr=0.01, amsgrad=True)),
     ("Adam", dict(lr=0.01, betas=(0.9, 0.98), weight_decay=0.05, amsgrad=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.3, decoupled_weight_decay=True)),
     ("AdamW", dict()),
     ("AdamW", dict(lr=0.01, weight_decay=0.3)),
     ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True, betas=(0.7, 0.9))),
+    ("AdamW", dict(lr=0.01, weight_decay=0.3, maximize=True)),
 ]
 
 
@@ -138,8 +142,8 @@ def test_state_dict_has_torch_structure_and_round_trips():
     assert sorted(mine) == sorted(expected)
     assert [g["params"] for g in mine["param_groups"]] == [[0], [1, 2]]
     for g, e in zip(mine["param_groups"], expected["param_groups"]):
-        assert set(e) - set(g) <= {"foreach", "maximize", "capturable", "differentiable",
-                                   "fused", "decoupled_weight_decay"}
+        # options that choose PyTorch's implementation, not the values it computes
+        assert set(e) - set(g) == {"foreach", "capturable", "differentiable", "fused"}
         assert all(g[k] == e[k] for k in g)
     assert mine["state"].keys() == expected["state"].keys()
     assert all(mine["state"][i].keys() == expected["state"][i].keys() for i in mine["state"])
@@ -177,7 +181,53 @@ def test_torch_state_dict_loads_and_continues_like_torch():
     assert_same_parameters(ours, theirs)
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("Adam", dict(maximize=True, amsgrad=True)),  # loaded into a plain Adam: ascends
+    ("AdamW", dict(weight_decay=0.2)),  # loaded into an Adam: decays as AdamW, as torch's does
+    ("SGD", dict(momentum=0.9, maximize=True)),
+])
+def test_torch_options_that_change_the_update_load_with_its_state(name, kwargs):
+    """The options in a torch state_dict's groups are honoured, not dropped: a torch Adam
+    loaded with an AdamW's state decays its weights as AdamW, and so does tinynorm's."""
+    rng = np.random.default_rng(5)
+    ours, theirs = make_pair(rng)
+    ref = getattr(torch.optim, name)(theirs, lr=0.02, **kwargs)
+    step_both(rng, getattr(optim, name)(ours, lr=0.02, **kwargs), ref, ours, theirs, 3)
+    plain = "SGD" if name == "SGD" else "Adam"
+    opt = getattr(optim, plain)(ours)
+    opt.load_state_dict(ref.state_dict())
+    twin = getattr(torch.optim, plain)(theirs)
+    twin.load_state_dict(ref.state_dict())
+    step_both(rng, opt, twin, ours, theirs, 5)
+    assert_same_parameters(ours, theirs)
+
+
+def test_torch_state_arrays_that_need_grad_or_are_bfloat16_load():
+    """State entries are read as torch's copy_ reads them: detached, bfloat16 widened."""
+    w = torch.nn.Parameter(torch.randn(3, 2, dtype=torch.float32))
+    ref = torch.optim.Adam([w])
+    w.grad = torch.randn(3, 2)
+    ref.step()
+    saved = ref.state_dict()
+    entries = saved["state"][0]
+    entries["exp_avg"] = entries["exp_avg"].bfloat16()
+    entries["exp_avg_sq"] = entries["exp_avg_sq"].clone().requires_grad_()
+    opt = optim.Adam([tn.nn.Parameter(tn.zeros(3, 2))])
+    opt.load_state_dict(saved)
+    (state,) = opt.state.values()
+    assert state["exp_avg"].dtype == np.float32
+    assert np.array_equal(host(state["exp_avg"]), entries["exp_avg"].float().numpy())
+    assert np.array_equal(host(state["exp_avg_sq"]), entries["exp_avg_sq"].detach().numpy())
+
+
+class Unreadable:
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("no data here")
+
+
 @pytest.mark.parametrize("damage, words", [
+    (lambda sd: sd["state"][0].update(exp_avg=Unreadable()),
+     "'exp_avg' for parameter 0 that cannot be read as an array (test_optim.Unreadable)"),
     (lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
      "different number of parameter groups"),
     (lambda sd: sd["param_groups"][0]["params"].pop(), "doesn't match the size"),

@@ -245,6 +245,21 @@ def is_foreign_array(a) -> bool:
 _foreign_types: dict = {}
 
 
+def foreign_to_numpy(value):
+    """Another library's array (or anything with ``__array__``) as a NumPy array, read by
+    duck typing (tinynorm imports no torch): a torch tensor is detached (a checkpoint may
+    hold Parameters that require grad) and moved to the CPU, and a bfloat16 one, which NumPy
+    has no dtype for, is widened to float32 (exactly, as PyTorch's ``copy_`` reads it).
+    Raises what NumPy raises when the value cannot be read."""
+    if is_foreign_array(value) and callable(getattr(value, "detach", None)):
+        value = value.detach()
+        if callable(getattr(value, "cpu", None)):
+            value = value.cpu()
+        if str(getattr(value, "dtype", "")).endswith("bfloat16"):
+            value = value.float()
+    return to_numpy(value)
+
+
 def manual_seed(seed: int) -> None:
     """Seed the generators of every backend (randn, rand, dropout masks, init)."""
     global _seed

@@ -28,21 +28,6 @@ def _addindent(text: str, spaces: int) -> str:
     return "\n".join([first] + [" " * spaces + line for line in rest])
 
 
-def _host_array(value):
-    """Another library's array as a NumPy array, read by duck typing (tinynorm imports no
-    torch): a torch tensor is detached (``state_dict(keep_vars=True)`` holds Parameters that
-    require grad) and moved to the CPU, and a bfloat16 one, which NumPy has no dtype for, is
-    widened to float32 (exactly, as PyTorch's ``copy_`` reads it). Raises what NumPy raises
-    when the value cannot be read."""
-    if backend.is_foreign_array(value) and callable(getattr(value, "detach", None)):
-        value = value.detach()
-        if callable(getattr(value, "cpu", None)):
-            value = value.cpu()
-        if str(getattr(value, "dtype", "")).endswith("bfloat16"):
-            value = value.float()
-    return backend.to_numpy(value)
-
-
 def _loadable(key: str, value, target: Tensor):
     """``(array, None)``: ``value`` converted to ``target``'s shape, dtype and device, ready
     to copy; or ``(None, message)`` naming ``key`` and why it cannot be loaded."""
@@ -54,7 +39,7 @@ def _loadable(key: str, value, target: Tensor):
             return None, (f"{where}expected an array or Tensor from checkpoint but received "
                           f"{type(value)}")
         try:
-            value = _host_array(value)
+            value = backend.foreign_to_numpy(value)
         except Exception as err:  # whatever the other library raises, named in the message
             source = f"{type(value).__module__}.{type(value).__qualname__}"
             return None, (f"{where}could not read the checkpoint's {source} as an array "

@@ -10,7 +10,9 @@ from .optimizer import Optimizer
 class Adam(Optimizer):
     """Adam; PyTorch's update, per parameter θ with gradient g at step t = 1, 2, ...:
 
-        g ← g + λ·θ                          (weight_decay λ ≠ 0: L2 added to the gradient)
+        g ← −g                               (maximize: ascend instead)
+        g ← g + λ·θ                          (weight_decay λ ≠ 0: L2 added to the gradient;
+                                              decoupled_weight_decay: AdamW's, below)
         m ← m + (1 − β1)·(g − m)             (= β1·m + (1 − β1)·g)
         v ← β2·v + (1 − β2)·g²
         v̂ ← max(v̂, v) if amsgrad, else v̂ = v
@@ -22,10 +24,9 @@ class Adam(Optimizer):
     amsgrad, ``max_exp_avg_sq`` v̂: three or four arrays of the parameter's size.
     """
 
-    decoupled_weight_decay = False
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0, amsgrad: bool = False):
+                 weight_decay: float = 0, amsgrad: bool = False, *, maximize: bool = False,
+                 decoupled_weight_decay: bool = False):
         if not 0.0 <= lr:
             raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 <= eps:
@@ -37,7 +38,8 @@ class Adam(Optimizer):
         if not 0.0 <= weight_decay:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        amsgrad=amsgrad)
+                        amsgrad=amsgrad, maximize=maximize,
+                        decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
     def _update_group(self, group: dict, params: list) -> None:
@@ -56,9 +58,9 @@ class Adam(Optimizer):
             state["step"] += 1
             t = state["step"]
 
-            g = p.grad
+            g = -p.grad if group["maximize"] else p.grad  # -p.grad: a new array
             if weight_decay != 0:
-                if self.decoupled_weight_decay:
+                if group["decoupled_weight_decay"]:
                     p.data *= 1 - lr * weight_decay  # AdamW: shrink θ itself, not through g
                 else:
                     g = g + weight_decay * p.data  # a new array: p.grad stays unchanged
@@ -90,12 +92,11 @@ class AdamW(Adam):
         θ ← θ · (1 − lr·λ)                   (before anything else; g is left alone)
         then Adam's update above with λ = 0 in the gradient.
 
-    Default weight_decay λ = 1e-2, as PyTorch. Same state as Adam.
+    Default weight_decay λ = 1e-2, as PyTorch. Same state as Adam; its groups say
+    ``decoupled_weight_decay=True``, as PyTorch's do.
     """
 
-    decoupled_weight_decay = True
-
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False):
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad)
+                         amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=True)

@@ -243,7 +243,12 @@ def _state_value(name: str, value, param: Tensor, index):
     elif not backend.is_array(value):
         if not hasattr(value, "__array__"):
             return value  # some other number or flag: kept as it is
-        value = backend.to_numpy(value)  # e.g. a CPU torch.Tensor
+        try:
+            value = backend.foreign_to_numpy(value)  # e.g. a torch.Tensor
+        except Exception as err:  # whatever the other library raises, named in the message
+            raise ValueError(f"loaded state dict has {name!r} for parameter {index} that "
+                             f"cannot be read as an array ({type(value).__module__}."
+                             f"{type(value).__qualname__}): {err}") from err
     if tuple(value.shape) != tuple(param.shape):
         raise ValueError(f"loaded state dict has {name!r} of shape {tuple(value.shape)} for "
                          f"parameter {index} of shape {tuple(param.shape)}")

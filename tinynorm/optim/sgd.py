@@ -8,6 +8,7 @@ from .optimizer import Optimizer
 class SGD(Optimizer):
     """Stochastic gradient descent; PyTorch's update, per parameter θ with gradient g:
 
+        g ← −g                                       (maximize: ascend instead)
         g ← g + λ·θ                                  (weight_decay λ ≠ 0: L2 in the gradient)
         b ← g                    on the first step   (momentum μ ≠ 0)
         b ← μ·b + (1 − τ)·g      afterwards          (dampening τ)
@@ -20,7 +21,7 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0, dampening: float = 0,
-                 weight_decay: float = 0, nesterov: bool = False):
+                 weight_decay: float = 0, nesterov: bool = False, *, maximize: bool = False):
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -30,7 +31,7 @@ class SGD(Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
-                        weight_decay=weight_decay, nesterov=nesterov)
+                        weight_decay=weight_decay, nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults)
 
     def _update_group(self, group: dict, params: list) -> None:
@@ -38,7 +39,7 @@ class SGD(Optimizer):
         weight_decay, nesterov = group["weight_decay"], group["nesterov"]
         for p in params:
             xp = backend.array_module(p.data, p.grad, op="SGD")
-            g = p.grad
+            g = -p.grad if group["maximize"] else p.grad  # -p.grad: a new array
             if weight_decay != 0:
                 g = g + weight_decay * p.data  # a new array: p.grad itself stays unchanged
             if momentum != 0:
