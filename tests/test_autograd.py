@@ -168,6 +168,20 @@ def test_backward_of_a_non_scalar_needs_a_gradient():
         y.backward(np.ones((3, 2)))
 
 
+def test_backward_refuses_a_torch_gradient_as_ops_do():
+    """A torch tensor as gradient was read through __array__ into x.grad, converted
+    silently where every op refuses one."""
+    torch = pytest.importorskip("torch")
+    x = leaf(np.ones(2))
+    y = x * 2.0
+    with pytest.raises(TypeError, match=r"^backward: gradient is a torch\.Tensor, not a "
+                                        r"tinynorm Tensor.*tn\.tensor"):
+        y.backward(torch.tensor([1.0, 3.0], dtype=torch.float64))
+    assert x.grad is None
+    y.backward(tn.tensor(torch.tensor([1.0, 3.0], dtype=torch.float64)))  # made explicitly
+    assert x.grad.tolist() == [2.0, 6.0]
+
+
 def test_backward_of_a_tensor_without_grad_raises():
     with pytest.raises(RuntimeError, match="does not require grad"):
         tn.tensor([1.0, 2.0]).sum().backward()

@@ -99,6 +99,23 @@ def test_tensor_of_mixed_data_takes_pytorchs_dtype(make):
     assert str(tn.tensor(make(tn)).dtype) == want
 
 
+def test_tensor_of_a_torch_tensor_takes_its_values_as_torch_tensor_does():
+    """tn.tensor(t) of a torch tensor raised "Cannot interpret 'torch.float32' as a data
+    type": it is the explicit conversion that ops point to, so it reads the values, as
+    torch.tensor reads a NumPy array (detached; bfloat16, which NumPy lacks, as float32)."""
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([[1.5, -2.0], [3.0, 0.25]], requires_grad=True)
+    made = tn.tensor(t)
+    assert made.dtype == np.float32 and made.tolist() == t.tolist() and not made.requires_grad
+    assert tn.tensor(t.double(), requires_grad=True).dtype == np.float64
+    assert tn.tensor(torch.arange(3)).dtype == np.int64
+    widened = tn.tensor(t.detach().bfloat16())
+    assert widened.dtype == np.float32 and widened.tolist() == t.bfloat16().float().tolist()
+    mixed = tn.tensor([t[0], [7.0, 8.0]])  # inside a list too, dtype as torch.tensor's
+    assert mixed.dtype == np.float32 and mixed.tolist() == [[1.5, -2.0], [7.0, 8.0]]
+    assert tn.as_tensor(t.detach(), dtype=tn.float64).dtype == np.float64
+
+
 def test_zero_on_a_tensor_that_requires_grad_needs_no_grad():
     """zero_() on x after y = (x·w).sum() gave w a gradient of 0, silently: the forward had
     saved x. PyTorch refuses a leaf; without version counters, tinynorm refuses any tensor

@@ -122,6 +122,21 @@ def test_mha_masks_match_torch(case, need_weights):
                         average_attn_weights=False)
 
 
+@pytest.mark.parametrize("case", list(mask_cases(1, 1, 1, 1)))
+def test_mha_masks_given_as_arrays_act_as_tensors(case):
+    """A NumPy bool attn_mask failed on ``~memoryview`` (a mask's .data was read as if it
+    were a Tensor's); arrays and Tensors now give the same output and weights."""
+    n, heads, length, source = 2, 2, 3, 5
+    kpm, am = mask_cases(n, heads, length, source)[case]
+    mha = nn.MultiheadAttention(8, heads, dtype=tn.float64)
+    q, k, v = (tn.tensor(a) for a in seq_inputs(n, length, source, 8, 8, 8, False, False))
+    as_arrays = mha(q, k, v, key_padding_mask=kpm, attn_mask=am)
+    as_tensors = mha(q, k, v, key_padding_mask=None if kpm is None else tn.tensor(kpm),
+                     attn_mask=None if am is None else tn.tensor(am))
+    for a, b in zip(as_arrays, as_tensors):
+        np.testing.assert_array_equal(host(a), host(b))
+
+
 @pytest.mark.parametrize("need_weights", [True, False])
 def test_mha_causal_three_ways_identical(need_weights):
     """Causal as a bool mask (True = masked out), as float −inf, and as the is_causal hint

@@ -71,8 +71,9 @@ def test_std_of_a_constant_row_has_zero_gradient_and_the_other_rows_theirs():
 
 def test_divisor_clamped_at_zero_gives_inf_as_torch():
     """correction > n: D = max(n − c, 0) = 0 and the variance is inf, as PyTorch's. The
-    gradient, upstream · 2(x − μ)/D, is infinite, with the sign of upstream · (x − μ);
-    PyTorch's is +inf for both elements (README, deliberate differences)."""
+    gradient, upstream · 2(x − μ)/D, is infinite, with the sign of upstream · (x − μ), as
+    PyTorch's with ``dim``; PyTorch's full reduction gives upstream's sign to every element
+    (README, deliberate differences)."""
     x = tn.tensor([1.0, 2.0], requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -233,12 +233,7 @@ class Function:
     @classmethod
     def apply(cls, *args):
         for i, a in enumerate(args):
-            if not isinstance(a, Tensor) and backend.is_foreign_array(a):
-                kind = f"{type(a).__module__}.{type(a).__qualname__}"
-                raise TypeError(f"{cls.__name__}: argument {i} is a {kind}, not a tinynorm Tensor; "
-                                f"tinynorm converts no other library's arrays silently: make a "
-                                f"Tensor of it (a torch tensor t: tn.tensor(t.detach().cpu()"
-                                f".numpy()))")
+            _refuse_foreign(a, f"{cls.__name__}: argument {i}")
         arrays = tuple(a.data if isinstance(a, Tensor) else a for a in args)
         # mixing devices is an error, raised here once for every op
         xp = backend.array_module(*arrays, op=cls.__name__)
@@ -292,6 +287,15 @@ def _array(g):
     return g if backend.is_array(g) else backend.array_module(g).asarray(g)
 
 
+def _refuse_foreign(a, what: str) -> None:
+    """A TypeError when ``a`` is another library's array (a torch tensor, say): ops and
+    backward take tinynorm Tensors, arrays and numbers, and convert nothing else silently."""
+    if not isinstance(a, Tensor) and backend.is_foreign_array(a):
+        raise TypeError(f"{what} is a {type(a).__module__}.{type(a).__qualname__}, not a "
+                        f"tinynorm Tensor; tinynorm converts no other library's arrays "
+                        f"silently: make a Tensor of it with tn.tensor")
+
+
 def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
     """Run backward from ``tensor``; see ``Tensor.backward``."""
     if not tensor.requires_grad:
@@ -304,6 +308,7 @@ def backward(tensor: Tensor, gradient=None, retain_graph: bool = False) -> None:
             )
         gradient = backend.array_module(tensor.data).ones_like(tensor.data)
     else:
+        _refuse_foreign(gradient, "backward: gradient")
         given = gradient.data if isinstance(gradient, Tensor) else gradient
         if isinstance(gradient, Tensor) or backend.device_of(given) != "cpu":
             # a tensor (or a GPU array) must be on the tensor's device already

@@ -43,9 +43,14 @@ def tensor(data, dtype=None, device=None, requires_grad: bool = False) -> Tensor
 
     Device, when none is given: the current backend, for NumPy arrays too (under the cupy
     backend ``tensor(numpy_array)`` is on the GPU); a CuPy array stays where it is.
+
+    Another library's array (a torch tensor) is read as ``backend.foreign_to_numpy`` reads
+    it: its values, detached, bfloat16 as float32; then as a NumPy array.
     """
     if isinstance(data, Tensor):
         data = data.data
+    elif backend.is_foreign_array(data):
+        data = backend.foreign_to_numpy(data)
     dtype_ = None if dtype is None else backend.numpy_dtype(dtype)
     if backend.is_array(data):
         name = backend.backend_of(device or _home(data), op="tinynorm.tensor")
@@ -81,6 +86,8 @@ def _host_items(data):
     PyTorch does: a float16 NumPy scalar and 2 make float16, ``[t_int64, 1.5]`` float32."""
     if isinstance(data, Tensor):
         return backend.to_numpy(data.data), [data.dtype]
+    if backend.is_foreign_array(data):
+        data = backend.foreign_to_numpy(data)
     if backend.is_array(data):
         return backend.to_numpy(data), [data.dtype]
     if isinstance(data, (list, tuple)):

@@ -222,8 +222,11 @@ def _merged_mask(attn_mask, key_padding_mask, n, num_heads, length, source, batc
     """One mask for SDPA, broadcastable to (N, num_heads, L, S), from PyTorch's two.
 
     Bool masks (True = masked out) become SDPA's bool (True = attend); if either mask is
-    float both become float (bool True → −inf) and are added, as PyTorch does.
+    float both become float (bool True → −inf) and are added, as PyTorch does. A mask given
+    as an array (not a Tensor) is wrapped, so that both kinds take the same path.
     """
+    attn_mask, key_padding_mask = (m if m is None or isinstance(m, Tensor) else Tensor(m)
+                                   for m in (attn_mask, key_padding_mask))
     masks = []
     if attn_mask is not None:
         masks.append(attn_mask if attn_mask.ndim == 2 else
