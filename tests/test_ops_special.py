@@ -232,6 +232,68 @@ def test_float16_sum_and_mean_along_any_axis_are_summed_in_float32(op):
     assert (np.abs(got - exact) <= np.spacing(np.abs(exact).astype(np.float16))).all()
 
 
+def test_float16_gradients_of_broadcasts_and_biases_are_summed_in_float32():
+    """A (4,) float16 bias broadcast over 8192 rows got 2048 in every gradient, where the
+    sums are about 4100 (a float16 running sum stops at 2048), through add, mul, expand and
+    linear's bias alike; torch's sums are float32 rounded once. Each is now within a float16
+    ulp of the exact sum."""
+    rng = np.random.default_rng(1)
+    g = rng.random((8192, 4)).astype(np.float16)
+    exact = g.astype(np.float64).sum(axis=0)
+    x = tn.tensor(np.ones((8192, 4), np.float16))
+    calls = {"add": lambda b: x + b, "mul": lambda b: x * b,
+             "expand": lambda b: b.expand(8192, 4), "linear": lambda b: F.linear(
+                 x, tn.tensor(np.eye(4, dtype=np.float16)), b)}
+    for name, call in calls.items():
+        b = tn.tensor(np.ones(4, np.float16), requires_grad=True)
+        call(b).backward(g)
+        assert b.grad.dtype == np.float16, name
+        assert (np.abs(b.grad - exact) <= np.spacing(exact.astype(np.float16))).all(), name
+
+
+def test_float16_mean_and_max_gradients_over_many_elements_are_not_zero():
+    """dx = g / n was divided in float16, where n = 70000 is inf: every gradient was 0
+    (torch: 1/70000, a float16 subnormal). So was a share of a max tied 70000 times."""
+    n = 70000
+    for op, values in (("mean", np.ones(n)), ("max", np.full(n, 3.0))):
+        x = tn.tensor(values.astype(np.float16), requires_grad=True)
+        getattr(x, op)().backward()
+        t = torch.tensor(values, dtype=torch.float16, requires_grad=True)
+        (t.mean() if op == "mean" else t.amax()).backward()
+        assert x.grad.dtype == np.float16 and x.grad[0] > 0, op
+        np.testing.assert_array_equal(x.grad, t.grad.numpy(), err_msg=op)
+
+
+def test_relu_gives_zero_where_it_is_flat_whatever_the_upstream_gradient():
+    """dx was grad_out · [y > 0], so inf or NaN upstream at x ≤ 0 gave NaN; PyTorch
+    selects, and gives 0 there."""
+    values = np.array([-1.0, 0.0, 2.0, np.nan, -3.0])
+    g = np.array([np.inf, np.nan, 1.0, 5.0, -np.inf])
+    x = leaf(values)
+    tn.relu(x).backward(g)
+    t = torch.tensor(values, requires_grad=True)
+    torch.relu(t).backward(torch.tensor(g))
+    np.testing.assert_array_equal(host(x.grad), t.grad.numpy())
+
+
+def test_mul_and_div_save_a_float16_operand_as_given_not_a_float32_copy():
+    """A float16 activation times (or over) a float32 weight saved the float32 copy that
+    promotion made, 4 new bytes an element; the caller's array gives the same gradients."""
+    rng = np.random.default_rng(2)
+    a16 = tn.tensor(rng.standard_normal((3, 5)).astype(np.float16), requires_grad=True)
+    w32 = tn.tensor(rng.standard_normal(5).astype(np.float32) + 3, requires_grad=True)
+    g = rng.standard_normal((3, 5)).astype(np.float32)
+    for y, saved in ((a16 * w32, 1), (w32 / a16, 0)):
+        node = y.grad_fn
+        assert node.saved_tensors[saved] is a16.data  # not a float32 copy
+        y.backward(g)
+    wide = a16.data.astype(np.float32)
+    want_w = (g * wide).sum(axis=0) + (g / wide).sum(axis=0)
+    np.testing.assert_allclose(w32.grad, want_w, rtol=1e-5)
+    want_a = g * w32.data - g * (w32.data / wide) / wide
+    np.testing.assert_allclose(a16.grad.astype(np.float32), want_a, rtol=2e-3, atol=1e-2)
+
+
 def test_mean_of_integers_is_an_error_naming_the_dtype():
     """PyTorch refuses it too (a RuntimeError: "could not infer output dtype"); NumPy gave
     float64."""
@@ -457,8 +519,8 @@ def test_transpose_of_a_0d_tensor_and_an_empty_index_as_pytorch():
 def test_a_number_to_a_tensors_power_matches_pytorch(base):
     """``c ** x`` (``__rpow__``; a TypeError before): y = c^x, dx = g · y · ln c, with
     PyTorch's 0 where c = 0 and x ≥ 0, and NaN for c < 0."""
-    values = np.array([-1.5, 0.0, 0.5, 2.0])
-    g = np.array([1.0, 2.0, -3.0, 0.5])
+    values = np.array([-1.5, 0.0, 0.5, 2.0, np.nan])  # NaN: 0 ** x gave dx = 0, PyTorch NaN
+    g = np.array([1.0, 2.0, -3.0, 0.5, 1.5])
     x = leaf(values)
     with np.errstate(divide="ignore", invalid="ignore"):
         y = base ** x

@@ -10,7 +10,8 @@ def unbroadcast(grad, shape):
     """Sum ``grad`` down to ``shape``: the adjoint of broadcasting is summation.
 
     Broadcasting copies an input along the dims it lacks or has as size 1; each copy
-    contributed to the output, so the input's gradient is the sum over those copies.
+    contributed to the output, so the input's gradient is the sum over those copies (float16
+    summed in float32, see ``summed``).
     """
     if grad.shape == shape:
         return grad
@@ -18,7 +19,18 @@ def unbroadcast(grad, shape):
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1
     )
-    return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
+    return summed(grad, axes).reshape(shape) if axes else grad.reshape(shape)
+
+
+def summed(a, axis, keepdims: bool = False):
+    """``a.sum(axis, keepdims)``, float16 summed in ``compute_dtype`` (float32) and rounded
+    once, as PyTorch's sums are. NumPy sums float16 in float32 along the last axis only;
+    along another, in float16 itself, where a running sum stops growing at 2048 (2048 + a
+    number below 1 rounds back to 2048): a (4,) bias broadcast over 8192 rows got 2048 for
+    gradients summing to 4100."""
+    if a.dtype == backend.float16:
+        return a.sum(axis=axis, keepdims=keepdims, dtype=backend.float32).astype(a.dtype)
+    return a.sum(axis=axis, keepdims=keepdims)
 
 
 def scatter_add(target, index, values) -> None:
@@ -164,6 +176,18 @@ def promoted(op: str, *operands, floating: bool = False) -> tuple:
         dtype = backend.DEFAULT_FLOAT
     return tuple(a.astype(dtype, copy=False) if backend.is_array(a)
                  else a.item() if hasattr(a, "item") else a for a in operands)
+
+
+def as_saved(given, cast):
+    """What a product's backward saves of an operand: the caller's array ``given`` when it is
+    a floating array that ``promoted`` widened into ``cast``, rather than that new copy. Its
+    product with grad_out (which has the wider dtype) widens it again, exactly, to the same
+    bits, and it is alive anyway: a float16 activation times a float32 weight saved a float32
+    copy, 4 new bytes an element. Anything else (an integer operand, a number) is ``cast``."""
+    if (cast is given or not backend.is_array(given) or given.dtype.kind != "f"
+            or backend.result_type(given.dtype, cast.dtype) != cast.dtype):
+        return cast
+    return given
 
 
 def broadcast_shape(op: str, *shapes):

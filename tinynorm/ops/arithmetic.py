@@ -13,7 +13,7 @@ from numbers import Number
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import operand_shapes, promoted, unbroadcast
+from ._adjoint import as_saved, operand_shapes, promoted, unbroadcast
 
 
 class Add(Function):
@@ -58,17 +58,18 @@ class Mul(Function):
     """y = a · b."""
 
     @staticmethod
-    def forward(ctx, a, b):
-        a, b = promoted("mul", a, b)
+    def forward(ctx, a0, b0):
+        a, b = promoted("mul", a0, b0)
         ctx.shapes = operand_shapes("mul", a, b)
-        # each gradient needs only the *other* factor
-        ctx.save_for_backward(b if ctx.needs_input_grad[0] else None,
-                              a if ctx.needs_input_grad[1] else None)
+        # each gradient needs only the *other* factor, as given (``as_saved``)
+        ctx.save_for_backward(as_saved(b0, b) if ctx.needs_input_grad[0] else None,
+                              as_saved(a0, a) if ctx.needs_input_grad[1] else None)
         return a * b
 
     @staticmethod
     def backward(ctx, grad_out):
-        """da = grad_out · b, db = grad_out · a. Saves b only if a needs grad, and vice versa."""
+        """da = grad_out · b, db = grad_out · a. Saves b only if a needs grad, and vice versa:
+        the caller's array, not a copy cast to the result dtype (``as_saved``)."""
         b, a = ctx.saved_tensors
         shape_a, shape_b = ctx.shapes
         return (unbroadcast(grad_out * b, shape_a) if ctx.needs_input_grad[0] else None,
@@ -79,18 +80,19 @@ class Div(Function):
     """y = a / b."""
 
     @staticmethod
-    def forward(ctx, a, b):
-        a, b = promoted("div", a, b, floating=True)  # true division: int / int is float32
+    def forward(ctx, a0, b0):
+        a, b = promoted("div", a0, b0, floating=True)  # true division: int / int is float32
         ctx.shapes = operand_shapes("div", a, b)
         y = a / b
-        ctx.save_for_backward(b, y if ctx.needs_input_grad[1] else None)
+        ctx.save_for_backward(as_saved(b0, b), y if ctx.needs_input_grad[1] else None)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         """da = grad_out / b; db = −grad_out · a / b² = −grad_out · y / b.
 
-        Saves b, and y (the output, already alive) only when b needs a gradient.
+        Saves b (the caller's array where it is floating, see ``as_saved``), and y (the
+        output, already alive) only when b needs a gradient.
         """
         b, y = ctx.saved_tensors
         shape_a, shape_b = ctx.shapes
@@ -157,20 +159,21 @@ class ScalarPow(Function):
         else:
             y = c ** x
         ctx.c = c
-        ctx.save_for_backward(y if c != 0 else None, x if c == 0 else None)
+        ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = c^x · ln c = y · ln c: dx = grad_out · y · ln c. ln c is NaN for c < 0 (so
-        is y, but for integer x), as in PyTorch. For c = 0, y · ln c is 0 where x ≥ 0, as
-        PyTorch takes it (y is 0 or 1 there, and 0 · −inf would be NaN), and
-        inf · −inf = −inf where x < 0. Saves y (the output), or x alone when c = 0."""
-        y, x = ctx.saved_tensors
+        is y, but for integer x), as in PyTorch. For c = 0, ln c = −inf, and PyTorch takes
+        y · ln c as 0 where y is finite (x ≥ 0: y is 0, or 1 at x = 0, where the product
+        would be −inf) and as y · (−inf) = −y elsewhere: −inf where x < 0 (y = inf), NaN
+        where x is NaN. Saves y (the output) only."""
+        (y,) = ctx.saved_tensors
         c = ctx.c
         if c == 0:
-            xp = backend.array_module(x)
-            return None, grad_out * xp.where(x < 0, -math.inf, 0).astype(grad_out.dtype)
+            xp = backend.array_module(y)
+            return None, grad_out * xp.where(xp.isfinite(y), 0, -y).astype(grad_out.dtype)
         return None, grad_out * (y * (math.log(c) if c > 0 else math.nan))
 
 

@@ -20,7 +20,8 @@ class Cast(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """The identity on values: dx = grad_out moved back to x's dtype and device."""
+        """The identity on values: dx = grad_out moved back to x's dtype and device. Saves
+        x's dtype and device (no array)."""
         g = grad_out
         if backend.backend_of(backend.device_of(g)) != backend.backend_of(ctx.device):
             g = backend.asarray(g, device=ctx.device)

@@ -6,7 +6,7 @@ from math import prod
 from .. import backend
 from ..autograd import Function
 from ..tensor import Tensor
-from ._adjoint import broadcast_shape, unbroadcast
+from ._adjoint import broadcast_shape, summed, unbroadcast
 from ._rows import for_each_block, get_num_threads, slices
 
 MIN_THREADED_PRODUCT = 1 << 22  # multiply-adds below which a product stays on one thread
@@ -140,7 +140,7 @@ class Linear(Function):
     def backward(ctx, grad_out):
         """With G = grad_out flattened to (rows, out) and X to (rows, in):
 
-        dx = G W,   dW = Gᵀ X,   db = Σ_rows G.
+        dx = G W,   dW = Gᵀ X,   db = Σ_rows G   (float16: db summed in float32, ``summed``).
 
         The leading dims are flattened so dW is one (out, rows) @ (rows, in) product. The two
         products run together on tinynorm's threads (``matmuls_by_rows``: dx split by rows of
@@ -155,7 +155,7 @@ class Linear(Function):
         results = iter(matmuls_by_rows(*products) if products else ())
         dx = next(results).reshape(*grad_out.shape[:-1], weight.shape[1]) if need_x else None
         dw = next(results) if need_w else None
-        db = g2.sum(axis=0) if need_b else None
+        db = summed(g2, 0) if need_b else None
         return dx, dw, db
 
 

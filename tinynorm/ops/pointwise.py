@@ -74,9 +74,9 @@ class Abs(Function):
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = sign(x), 0 at x = 0 (PyTorch's choice), and 0 at NaN, as PyTorch's sign.
-        Saves x (the input, no new memory) and takes its sign here, as PyTorch defines it:
-        [x > 0] − [x < 0], the two bool masks read as int8 (NumPy's sign gives NaN at NaN, and
-        clearing that costs twice as much)."""
+        Saves x (the input: no new array, though it keeps an intermediate x alive) and takes
+        its sign here, as PyTorch defines it: [x > 0] − [x < 0], the two bool masks read as
+        int8 (NumPy's sign gives NaN at NaN, and clearing that costs twice as much)."""
         (x,) = ctx.saved_tensors
         xp = backend.array_module(x)
         positive, negative = xp.asarray(x > 0), xp.asarray(x < 0)  # arrays, also for 0-d x
@@ -112,10 +112,12 @@ class ReLU(Function):
     @staticmethod
     def backward(ctx, grad_out):
         """dy/dx = 1 where x > 0, else 0 (0 at x = 0, as PyTorch). x > 0 ⇔ y > 0, so the
-        output is saved (alive anyway) instead of the input. Written as "not y ≤ 0" so that a
-        NaN input (y = NaN) passes grad_out through, as PyTorch's does."""
+        output is saved (alive anyway) instead of the input. A selection, not a product, so
+        that dx is 0 where y ≤ 0 whatever grad_out holds (inf · 0 would be NaN), and written
+        as "where y ≤ 0" so that a NaN input (y = NaN) passes grad_out through, as in
+        PyTorch."""
         (y,) = ctx.saved_tensors
-        return grad_out * ~(y <= 0)
+        return backend.array_module(y).where(y <= 0, grad_out.dtype.type(0), grad_out)
 
 
 def elementwise(fn, *arrays, writes_out=False):

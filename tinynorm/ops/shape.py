@@ -63,7 +63,8 @@ class Permute(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """The adjoint of a permutation is its inverse: dx = grad_out.transpose(argsort(dims))."""
+        """The adjoint of a permutation is its inverse: dx = grad_out.transpose(argsort(dims)).
+        Saves dims (a tuple)."""
         inverse = sorted(range(len(ctx.dims)), key=ctx.dims.__getitem__)
         return grad_out.transpose(inverse), None
 
@@ -89,7 +90,8 @@ class Expand(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """The adjoint of broadcasting is summation over the copies (``unbroadcast``)."""
+        """The adjoint of broadcasting is summation over the copies (``unbroadcast``): dx =
+        grad_out summed over the broadcast dims. Saves x's shape."""
         return unbroadcast(grad_out, ctx.shape), None
 
 
@@ -111,7 +113,9 @@ class GetItem(Function):
 
         With integer arrays a position can be selected several times; its gradient is the
         sum of those contributions, so the scatter accumulates (``scatter_add``) instead of
-        assigning. Saves the index (indices are small next to x).
+        assigning. Saves the index (the caller's, needed to scatter back: a boolean mask is
+        a byte per element of x, an integer index may be larger than x) and x's shape and
+        dtype.
         """
         xp = backend.array_module(grad_out)
         dx = xp.zeros(ctx.shape, dtype=ctx.dtype)
