@@ -114,6 +114,16 @@ def test_cross_entropy_is_one_fused_node():
     assert all(e is x for e in loss.grad_fn.edges if e is not None)
 
 
+def test_cross_entropy_saves_p_and_the_callers_target_and_weight_only():
+    """It saved three per-row arrays made in forward (safe targets, row mask, w_t: 13 bytes
+    a row); backward rebuilds them from the target and weights it holds anyway."""
+    x = tn.randn(4, 3, requires_grad=True)
+    target, weight = tn.tensor([0, 2, -100, 2]), tn.tensor([0.5, 1.0, 2.0])
+    loss = F.cross_entropy(x, target, weight=weight)
+    p, saved_target, saved_weight = loss.grad_fn.saved_tensors
+    assert p.shape == (4, 3) and saved_target is target.data and saved_weight is weight.data
+
+
 # ---- cross_entropy: finite differences ------------------------------------------------------
 @st.composite
 def ce_problems(draw):

@@ -82,6 +82,22 @@ def test_dropout_backward_uses_the_forward_mask(dtype):
     assert 0 < (host(y) == 0).sum() < y.numel()
 
 
+def test_dropout_saves_a_bool_mask_and_only_when_recording():
+    """It saved the scaled mask in x's dtype, 4 bytes an element in float32, where the bool
+    mask (1 byte) and 1/(1 − p) as a number give the same bits."""
+    x = tn.randn(1000, requires_grad=True)
+    y = F.dropout(x, 0.3)
+    (keep,) = y.grad_fn.saved_tensors
+    assert keep.dtype == np.bool_ and keep.shape == (1000,)
+    scale = np.float32(1 / 0.7)
+    np.testing.assert_array_equal(host(y), host(x) * keep * scale)
+    g = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    y.backward(g)
+    np.testing.assert_array_equal(x.grad, g * keep * scale)
+    with tn.no_grad():
+        assert F.dropout(x, 0.3).grad_fn is None
+
+
 def test_dropout_is_reproducible_under_manual_seed():
     x = tn.randn(1000)
     tn.manual_seed(3)

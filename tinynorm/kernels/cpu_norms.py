@@ -2,7 +2,8 @@
 
 The array code in tinynorm.ops.layer_norm and tinynorm.ops.rms_norm is the reference: these
 kernels compute the same formulas, in the same symbols (the ops' docstrings derive them),
-and save the same μ and r, so a graph recorded on one path can run backward on the other.
+and save μ and r as they do (μ refined once, as the LayerNorm op's docstring says), so a
+graph recorded on one path can run backward on the other.
 
 Why: a NumPy expression sweeps its whole operand, so a normalisation costs several sweeps
 per block of rows (LayerNorm's forward about six). A loop over one row at a time reads the

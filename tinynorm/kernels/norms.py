@@ -41,7 +41,8 @@ CODE = COMMON + f"""
 
 // a·b rounded to T on its own. NVRTC contracts a·b − c into one FMA by default, which keeps
 // the product unrounded: then g − mean(g) with g = dy·γ is not 0 where g is constant along
-// the row (d = 1 gave dx ≈ 1e-6·|g|·r in float32 on an H100, where the maths says 0).
+// the row (rows of one element, n = 1, gave dx ≈ 1e-6·|g|·r in float32 on an H100, where
+// the maths says 0).
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 

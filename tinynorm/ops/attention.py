@@ -73,10 +73,11 @@ def rebuilds_p(q, k, v) -> bool:
 
     It does when P, L·S numbers per head, would hold more than twice q, k and v together
     (L·S > 2·(L·E + S·E + S·Ev)): memory saved for backward then grows with L·S instead of
-    L. Rebuilding costs one more Q Kᵀ product and exp per block of P (10-15% of the forward
-    and backward of (2, 12, 512, 64) in benchmarks/attention.py), so shorter sequences keep
-    P. With 64 features a head the line lies at L = S = 384: at 512 P is 2.7x q, k and v
-    (24 MiB for (2, 12) heads in float32, against 48 KiB of log-sum-exp), at 1024 5.3x.
+    L (but for the dropout mask, L·S bytes, kept when dropout_p > 0). Rebuilding costs one
+    more Q Kᵀ product and exp per block of P (10-15% of the forward and backward of
+    (2, 12, 512, 64) in benchmarks/attention.py), so shorter sequences keep P. With 64
+    features a head the line lies at L = S = 384: at 512 P is 2.7x q, k and v (24 MiB for
+    (2, 12) heads in float32, against 48 KiB of log-sum-exp), at 1024 5.3x.
     """
     length, source = q.shape[-2], k.shape[-2]
     return length * source > 2 * (length * q.shape[-1] + source * (k.shape[-1] + v.shape[-1]))
@@ -290,7 +291,8 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_weights=None):
-        """With dO = grad_out, D = keep/(1 − p) the dropout factor (D = 1 without dropout),
+        """With dO = grad_out, D = keep·factor the dropout factor (factor = 1/(1 − dropout_p),
+        ``keep_scale``; D = 1 without dropout),
         P_d = P ⊙ D the weights applied to V, and dW the gradient of the weights output:
 
             dV = P_dᵀ dO
@@ -305,7 +307,7 @@ class ScaledDotProductAttention(Function):
         over each block (dW already in dP_d), in float32. Broadcast batch dims are summed
         back (``unbroadcast``). A fully masked row has P = 0, so its dS, dQ are 0.
         In the code: dO = grad_out, dW = grad_weights, P = p, P_d = p_d, D = keep scaled by
-        1/(1 − p), rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then dS, in
+        factor, rowsum(dP ⊙ P) = row_dot; grad_scores holds dP_d, then dP, then dS, in
         place (it is our own array). As in forward, the work runs unit by unit over blocks of
         query rows (``blocks.row_blocks``); causal blocks skip the keys they cannot see (their
         P and dS are 0). Each block adds its rows' share to its unit's dV and dK and writes
@@ -317,8 +319,9 @@ class ScaledDotProductAttention(Function):
         memory), each only when a gradient needs it. With ``recompute=True`` P is not kept:
         only log Σ e^S per row (L per head, in the compute dtype), and each block of P is
         rebuilt here as exp(scale·Q Kᵀ + M − lse): one more matmul and exp for S× less
-        memory. ``recompute=None`` (the default) rebuilds P when it would hold more than
-        twice q, k and v (``rebuilds_p``).
+        memory (the dropout mask, L × S bytes, is still kept when dropout_p > 0).
+        ``recompute=None`` (the default) rebuilds P when it would hold more than twice q, k
+        and v (``rebuilds_p``).
 
         float16 runs in float32, as forward: q, k, v stay saved as the caller's float16
         arrays and are widened again here (copies that live for this call), as are dO, and

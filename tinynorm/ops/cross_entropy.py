@@ -31,13 +31,23 @@ class CrossEntropy(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, target, weight, ignore_index, reduction, label_smoothing):
-        xp = backend.array_module(x, target, weight)
+    def targets(xp, target, weight, ignore_index, dtype):
+        """(valid, safe_t, w_t) per row: whether the row counts, its target with ignored rows
+        sent to class 0 (any class works: those rows are masked), and its weight w_t (0 on
+        ignored rows), in ``dtype`` without weights."""
+        valid = target != ignore_index
+        safe_t = xp.where(valid, target, 0)
+        w_t = weight[safe_t] * valid if weight is not None else valid.astype(dtype)
+        return valid, safe_t, w_t
+
+    @staticmethod
+    def forward(ctx, x, target, given_weight, ignore_index, reduction, label_smoothing):
+        xp = backend.array_module(x, target, given_weight)
         rows, classes = x.shape
         dtype = x.dtype
-        x, weight = widened(compute_dtype(dtype), x, weight)  # float16 is computed in float32
-        valid = target != ignore_index
-        safe_t = xp.where(valid, target, 0)  # any class works: these rows are masked below
+        # float16 is computed in float32
+        x, weight = widened(compute_dtype(dtype), x, given_weight)
+        valid, safe_t, w_t = CrossEntropy.targets(xp, target, weight, ignore_index, x.dtype)
         rows_idx = xp.arange(rows)
 
         shifted = x - x.max(axis=1, keepdims=True) if x.size else x.copy()
@@ -46,7 +56,6 @@ class CrossEntropy(Function):
         log_sum_exp = xp.log(sum_exp)
         # log p at the target only: log p_t = shifted_t − log Σ e^shifted
         logp_t = shifted[rows_idx, safe_t] - log_sum_exp
-        w_t = weight[safe_t] * valid if weight is not None else valid.astype(x.dtype)
         loss = -(w_t * logp_t)
         if label_smoothing > 0:
             # Σ_c w_c log p_c = Σ_c w_c shifted_c − (Σ_c w_c) log Σ e^shifted
@@ -62,8 +71,8 @@ class CrossEntropy(Function):
             p = p.astype(dtype, copy=False)  # saved in the input's dtype
 
         ctx.reduction, ctx.label_smoothing = reduction, label_smoothing
-        ctx.mean_scale = None
-        ctx.save_for_backward(p, safe_t, valid, w_t, weight)
+        ctx.ignore_index, ctx.mean_scale = ignore_index, None
+        ctx.save_for_backward(p, target, given_weight)
         if reduction == "none":
             return loss.astype(dtype, copy=False)
         total = loss.sum()
@@ -92,14 +101,16 @@ class CrossEntropy(Function):
         In code: dx = p · (a·Q) per row, then subtract a·(ε/C)·w from every entry and
         a·(1 − ε)·w_t at the target; Q = (1 − ε)·w_t + (ε/C)·Σ_c w_c on valid rows.
 
-        Saves p = softmax(x) (C values per row, computed in forward anyway, in x's dtype),
-        the targets, the row mask and w_t (one value each per row) and the class weights
-        (C values). float16 is computed in float32, as in forward: w_t and the weights are
-        float32 already, p is widened and dx rounds to float16 once.
+        Saves p = softmax(x) (C values per row, computed in forward anyway, in x's dtype) and
+        the caller's target and class weights (no new arrays); the row mask, the safe
+        targets and w_t are rebuilt here from them (``targets``, O(rows)), not kept from
+        forward. float16 is computed in float32, as in forward: p and the weights are
+        widened and dx rounds to float16 once.
         """
-        saved, safe_t, valid, w_t, weight = ctx.saved_tensors
-        p, grad_out = widened(compute_dtype(saved.dtype), saved, grad_out)
+        saved, target, weight = ctx.saved_tensors
+        p, weight, grad_out = widened(compute_dtype(saved.dtype), saved, weight, grad_out)
         xp = backend.array_module(p, grad_out)
+        valid, safe_t, w_t = CrossEntropy.targets(xp, target, weight, ctx.ignore_index, p.dtype)
         rows, classes = p.shape
         eps = ctx.label_smoothing
         if ctx.reduction == "mean":

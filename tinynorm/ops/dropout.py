@@ -28,17 +28,23 @@ class Dropout(Function):
     def forward(ctx, x, p):
         require_float("dropout", x)
         xp = backend.array_module(x)
-        scale = keep_mask(x.shape, p, x.dtype, xp) * x.dtype.type(keep_scale(p))
-        ctx.save_for_backward(scale)
-        return x * scale
+        keep = keep_mask(x.shape, p, x.dtype, xp)
+        ctx.scale = keep_scale(p)
+        if ctx.recording:
+            ctx.save_for_backward(keep)
+        y = x * keep  # x where kept, 0 elsewhere; then scaled in place
+        y *= x.dtype.type(ctx.scale)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
-        """y = x · s with s = m / (1 − p) fixed by forward: dx = grad_out · s.
-        Saves s (one array of x's size; a bool mask would be a quarter of it in float32,
-        but s saves the multiply by 1/(1 − p) in backward)."""
-        (scale,) = ctx.saved_tensors
-        return grad_out * scale, None
+        """y = x · m · s with the mask m and s = 1/(1 − p) fixed by forward: dx = grad_out ·
+        m · s. Saves m as a bool array (1 byte an element) and s as a number: an array of
+        the scaled mask would be x's dtype, four times the bytes in float32."""
+        (keep,) = ctx.saved_tensors
+        dx = grad_out * keep
+        dx *= grad_out.dtype.type(ctx.scale)
+        return dx, None
 
 
 def dropout(x, p=0.5, training=True):

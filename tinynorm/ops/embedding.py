@@ -23,14 +23,15 @@ class Embedding(Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        """y[i] = weight[idx[i]], so ∂y[i]/∂weight[r] = [idx[i] = r] and
+        """y[i] = weight[indices[i]], so ∂y[i]/∂weight[r] = [indices[i] = r] and
 
-            dweight[r] = Σ_{i : idx[i] = r} grad_out[i]
+            dweight[r] = Σ_{i : indices[i] = r} grad_out[i]
 
         An index that occurs k times receives the sum of its k gradients: the scatter
-        must accumulate (``scatter_add``), since ``dweight[idx] = g`` would keep
+        must accumulate (``scatter_add``), since ``dweight[indices] = g`` would keep
         only one of them. dweight[padding_idx] = 0.
-        Saves the indices (one integer per lookup); the table itself is not needed.
+        Saves the indices (the caller's, one integer per lookup), and the table's shape and
+        padding_idx as attributes; the table itself is not needed.
         """
         (indices,) = ctx.saved_tensors
         xp = backend.array_module(grad_out)

@@ -37,10 +37,11 @@ class LayerNorm(Function):
     |μ| = 1e4 in float32, as in PyTorch): x̂ is off by that times r. The compiled kernels (CPU
     and CUDA) refine μ once more, μ + mean(x − μ), in the pass that sums (x − μ)² anyway,
     which removes it; on the NumPy path it would cost a fifth of the forward. The μ saved
-    for backward is that refined μ rounded to the dtype it is computed in (float32 for
-    float16), as PyTorch saves its mean: in backward, x̂ is off by up to half an ulp of |μ|
-    times r (at |μ| = 50, σ = 1e-3 in float32: about 6e-4 in one row's dγ, on every path
-    and in PyTorch alike).
+    for backward is the μ computed, rounded to the dtype it is computed in (float32 for
+    float16), as PyTorch saves its mean: refined on the compiled paths, so that in backward
+    x̂ is off by up to half an ulp of |μ| times r there (at |μ| = 50, σ = 1e-3 in float32:
+    about 6e-4 in one row's dγ), and on the NumPy path by the few ulp of Σx/n, about as
+    much as in PyTorch.
     """
 
     @staticmethod
@@ -130,10 +131,11 @@ class LayerNorm(Function):
         so x̂ is never formed and r·γ is one (m, n) factor (``outer``): fewer sweeps over
         each block of m rows.
 
-        Saved: x (the caller's array, a view unless x was not contiguous), γ, and μ and r,
-        two numbers per row: 8 bytes a row in float32 beyond x. x̂ is recomputed here, block
-        by block in cache (as c = x − μ), rather than kept from forward, which would hold n
-        more numbers a row.
+        Saved: x (the caller's array, a view unless x was not contiguous: a strided x is
+        held as the contiguous copy that forward made, n numbers a row of new memory), γ,
+        and μ and r, two numbers per row: 8 bytes a row in float32 beyond x. x̂ is recomputed
+        here, block by block in cache (as c = x − μ), rather than kept from forward, which
+        would hold n more numbers a row.
 
         Each block's column sums for dγ and dβ go to their own float64 row, added in block
         order at the end: accurate over 10^5 rows, and the same bits for any thread count.
@@ -212,7 +214,8 @@ class LayerNorm(Function):
             dx_k = dx_rows[rows_k]  # written in place, in dx's own rows
             xp.multiply(dy_k, outer(r, gamma_factor), out=dx_k)  # dy·(r ⊗ γ) = r·g
             # − r·mean(g), taken as the row mean of the r·g just computed: the same rounded
-            # numbers, so a row whose g is constant (d = 1) gets exactly 0
+            # numbers, so a row whose g is constant gets exactly that term's 0 (a row of one
+            # element, n = 1, gets dx = 0 exactly)
             xp.subtract(dx_k, (row_dot(dx_k, ones) / n)[:, None], out=dx_k)
             c *= (r * r * r * mean_g_c)[:, None]
             xp.subtract(dx_k, c, out=dx_k)  # − c·r³·mean(g·c)

@@ -213,8 +213,11 @@ class GELU(Function):
     def backward(ctx, grad_out):
         """The exact derivative of each form, g = grad_out:
 
-        none:  dx = g·(Φ(x) + x φ(x)),  φ(x) = e^(−x²/2) / √(2π)
-        tanh:  with t = tanh(u), dx = g·(½ (1 + t) + ½ x (1 − t²) · √(2/π) (1 + 3·0.044715 x²))
+        none:  y = x·Φ(x) and Φ′ = φ, the normal density, so by the product rule
+               dx = g·(Φ(x) + x φ(x)),  φ(x) = e^(−x²/2) / √(2π)
+        tanh:  y = ½ x (1 + t) with t = tanh(u); dt/dx = (1 − t²)·du_dx, where
+               du_dx = √(2/π) (1 + 3·0.044715 x²), so
+               dx = g·(½ (1 + t) + ½ x (1 − t²)·du_dx)
 
         Saves x; Φ, φ and t are recomputed (one array of x's size held, not three).
         """

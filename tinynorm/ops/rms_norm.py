@@ -101,8 +101,9 @@ class RMSNorm(Function):
 
         so x̂ is never formed and r·γ is one (m, n) factor (``outer``).
 
-        Saved: x (the caller's array, a view unless x was not contiguous), γ, and r, one
-        number per row: 4 bytes a row in float32 beyond x. dγ's block sums are added in
+        Saved: x (the caller's array, a view unless x was not contiguous: then the
+        contiguous copy forward made), γ, and r, one number per row: 4 bytes a row in
+        float32 beyond x. dγ's block sums are added in
         float64, in block order.
 
         float16 is computed in float32, as in LayerNorm: r is saved in float32, and these
