@@ -27,6 +27,7 @@ tnn = torch.nn
 TF = torch.nn.functional
 
 TOL = 1e-9
+UPSTREAM = -0.37  # the loss's upstream gradient in the parity tests: not the implicit 1
 VOCAB, D_MODEL, HEADS, LAYERS, D_FF, MAX_LEN = 11, 16, 4, 3, 24, 12
 PLACEMENTS = [("pre", "layer", True), ("post", "layer", True), ("deepnorm", "layer", True),
               ("none", "layer", True), ("none", "layer", False), ("post", "layer", False),
@@ -178,10 +179,10 @@ def test_matches_pytorch_reference(norm, norm_type, residual):
 
     ref_logits = ref(torch.tensor(idx))
     ref_loss = TF.cross_entropy(ref_logits.reshape(-1, VOCAB), torch.tensor(target).reshape(-1))
-    ref_loss.backward()
+    ref_loss.backward(torch.tensor(UPSTREAM, dtype=torch.float64))  # not the implicit 1
     logits = model(tn.tensor(idx))
     loss = model.loss(tn.tensor(idx), tn.tensor(target))
-    loss.backward()
+    loss.backward(tn.tensor(UPSTREAM, dtype=tn.float64))
 
     assert_close(logits.detach(), ref_logits.detach().numpy(), rtol=TOL, atol=TOL)
     assert_close(loss.detach(), ref_loss.detach().numpy(), rtol=TOL, atol=TOL)
@@ -209,10 +210,10 @@ def test_long_sequences_rebuild_attention_weights_and_match_pytorch(length, rebu
     for shapes in saved:
         assert ((2, HEADS, length, 1) in shapes) == rebuilt, shapes
         assert ((2, HEADS, length, length) in shapes) == (not rebuilt), shapes
-    loss.backward()
+    loss.backward(tn.tensor(UPSTREAM, dtype=tn.float64))
     ref_loss = TF.cross_entropy(ref(torch.tensor(idx)).reshape(-1, VOCAB),
                                 torch.tensor(target).reshape(-1))
-    ref_loss.backward()
+    ref_loss.backward(torch.tensor(UPSTREAM, dtype=torch.float64))
     assert_close(loss.detach(), ref_loss.detach().numpy(), rtol=TOL, atol=TOL)
     ref_params = dict(ref.named_parameters())
     for name, p in model.named_parameters():

@@ -1,6 +1,7 @@
 """tinynorm.nn against torch.nn: names, order, state_dict, repr, init, modes, parity."""
 import copy
 import math
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -366,14 +367,15 @@ def test_sequential_and_module_list_behave_like_lists():
 
 def both(make):
     """``make(lib)`` for torch.nn and tinynorm.nn: the children's class names, or the
-    exception's type."""
-    out = []
+    exception's type, and tinynorm's error message ("" without one)."""
+    out, message = [], ""
     for lib in (torch.nn, nn):
         try:
             out.append([type(m).__name__ for m in make(lib)])
         except Exception as err:  # the same kind of error on both sides is the point
             out.append(type(err))
-    return out
+            message = str(err) if lib is nn else message
+    return out + [message]
 
 
 def extended(lib):
@@ -398,9 +400,11 @@ def extended(lib):
         "ModuleList + ModuleList", "ModuleList(Linear)", "Sequential.extend(Linear)",
         "ModuleList(ModuleDict)", "extend(5)"])
 def test_containers_extend_with_other_containers_as_torch_does(make):
-    theirs, ours = both(make)
+    theirs, ours, message = both(make)
     assert ours == theirs
     assert ours == ["Tanh", "ReLU"] or ours is TypeError
+    if ours is TypeError:  # our own error, naming the container and what it expected
+        assert re.match(r"(ModuleList|Sequential)\.extend.*(Modules|not a Module)", message)
 
 
 def test_a_failed_extend_changes_nothing():
