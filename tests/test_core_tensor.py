@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import tinynorm as tn
+from tinynorm.testing.compare import to_host as host
 
 
 # ---- tn.tensor dtype rules ---------------------------------------------------------------------
@@ -131,6 +132,50 @@ def test_zero_on_a_tensor_that_requires_grad_needs_no_grad():
     with tn.no_grad():
         x.zero_()
     assert x.tolist() == [0.0, 0.0] and tn.tensor([5.0]).zero_().tolist() == [0.0]
+
+
+def test_augmented_assignment_under_no_grad_updates_in_place_as_torch():
+    """``with no_grad(): p -= lr * p.grad`` rebound p to a new tensor: the module kept its
+    parameter unchanged, silently. Now it writes into p, as PyTorch's, with its casting and
+    shape rules; on a leaf that requires grad outside no_grad it is PyTorch's error."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0, g, step = rng.standard_normal((3, 2)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+    layer = tn.nn.Linear(2, 3, dtype=tn.float64)
+    theirs = torch.nn.Parameter(torch.tensor(w0))
+    layer.weight.data[...] = w0
+    w, data = layer.weight, layer.weight.data
+    w.grad, theirs.grad = g.copy(), torch.tensor(g)
+    with tn.no_grad(), torch.no_grad():
+        w -= 0.1 * tn.tensor(w.grad)
+        theirs -= 0.1 * theirs.grad
+        w *= tn.tensor(step)  # broadcast into w's shape
+        theirs *= torch.tensor(step)
+        w /= 2.0
+        theirs /= 2.0
+        w += 1
+        theirs += 1
+    assert layer.weight is w and w.data is data and w.is_leaf and w.requires_grad
+    np.testing.assert_allclose(host(w), theirs.detach().numpy(), rtol=1e-15)
+    for lib, leaf in ((tn, w), (torch, theirs)):
+        with pytest.raises(RuntimeError, match="leaf" if lib is tn else "leaf Variable"):
+            leaf += 1
+    with tn.no_grad():
+        ints = tn.arange(3)
+        with pytest.raises(RuntimeError, match=r"/=: the result is float32, which can't be "
+                                               r"cast to the tensor's int64"):
+            ints /= 2
+        with pytest.raises(RuntimeError, match=r"\+=: the result has the broadcast shape "
+                                               r"\(2, 3\)"):
+            small = tn.ones(3)
+            small += tn.ones(2, 3)
+        half = tn.tensor(np.ones(2, np.float16))
+        half += tn.tensor(np.full(2, 0.5, np.float32))  # float, cast back as torch does
+        assert half.dtype == np.float16 and half.tolist() == [1.5, 1.5]
+    h = w * 2.0  # a non-leaf outside no_grad: a new tensor, in the graph
+    h_before = h
+    h += 1.0
+    assert h is not h_before and h.grad_fn is not None
 
 
 def test_float16_random_draws_are_float32_draws_rounded():

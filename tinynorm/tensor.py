@@ -193,6 +193,45 @@ class Tensor:
     def __rtruediv__(self, other):
         return ops.div(other, self)
 
+    # ``a += b`` and its kin: in place under no_grad, the one place nothing records a graph
+    # (PyTorch's hand-written update ``with no_grad(): p -= lr * p.grad`` rebound p to a new
+    # tensor, and the module's parameter never changed); elsewhere a new tensor, to which the
+    # name is rebound, so the graph stays correct (README, deliberate differences).
+    def __iadd__(self, other):
+        return self._in_place(ops.add, other, "+=")
+
+    def __isub__(self, other):
+        return self._in_place(ops.sub, other, "-=")
+
+    def __imul__(self, other):
+        return self._in_place(ops.mul, other, "*=")
+
+    def __itruediv__(self, other):
+        return self._in_place(ops.div, other, "/=")
+
+    def _in_place(self, op, other, symbol: str) -> "Tensor":
+        """``op(self, other)`` written into self under no_grad; a new tensor elsewhere, but a
+        RuntimeError for a leaf that requires grad, as in PyTorch (its new tensor would be a
+        non-leaf, and the name would silently leave the parameter behind)."""
+        from .autograd import is_grad_enabled
+
+        if is_grad_enabled():
+            if self.requires_grad and self.is_leaf:
+                raise RuntimeError(f"{symbol}: a leaf tensor of shape {self.shape} that requires "
+                                   f"grad can't be changed in place while grad mode is on; "
+                                   f"update it under 'with tn.no_grad():' (or write "
+                                   f"x = x {symbol[0]} y for a new tensor)")
+            return op(self, other)
+        result = op(self, other)
+        if result.shape != self.shape:
+            raise RuntimeError(f"{symbol}: the result has the broadcast shape {result.shape}, "
+                               f"which the tensor of shape {self.shape} can't hold in place")
+        if backend.category(result.dtype) > backend.category(self.dtype):
+            raise RuntimeError(f"{symbol}: the result is {result.dtype}, which can't be cast "
+                               f"to the tensor's {self.dtype} in place")
+        self.data[...] = result.data
+        return self
+
     def __neg__(self):
         return ops.neg(self)
 
