@@ -147,8 +147,8 @@ class Var(Function):
         to 0. So dx = grad_out · 2(x − μ)/D (inf or NaN where D = 0, as the output). Saves x
         (the caller's array: no new array, though it keeps an intermediate x alive) and μ,
         one number per reduced group; x − μ is recomputed here rather than kept (n more
-        numbers per group). float16: μ is kept in
-        float32, and dx is computed in float32 and rounded once.
+        numbers per group). float16: μ is kept in float32, and dx is computed in float32
+        and rounded once.
         """
         saved, mean = ctx.saved_tensors
         x, grad_out = widened(mean.dtype, saved, grad_out)
