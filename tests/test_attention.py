@@ -363,20 +363,48 @@ def test_sdpa_fully_masked_row_is_zero_and_finite(kind):
         close(ours.grad, theirs.grad)
 
 
-def test_sdpa_float32_matches_torch():
-    # float32 rounding: scores and sums of ≤ 64 products with values O(1) carry a relative
-    # error of ~64·2⁻²⁴ ≈ 4e-6 in each order of summation; 1e-4 leaves room for the softmax.
-    q, k, v = (rng.standard_normal((2, 3, 32, 64)).astype(np.float32) for _ in range(3))
-    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
-    args = [tn.tensor(a, requires_grad=True) for a in (q, k, v)]
-    out = F.scaled_dot_product_attention(*args, is_causal=True)
-    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+def float32_masks(kind, n_q, n_k):
+    """(mask array or None, is_causal) of one kind, for the float32 parity test."""
+    if kind == "bool":  # True = attend; every row sees key 0 (a row that sees nothing is
+        mask = rng.random((n_q, n_k)) > 0.3  # NaN in PyTorch, 0 here: tested on its own)
+        mask[:, 0] = True
+        return mask, False
+    if kind == "float":
+        return rng.standard_normal((2, 1, 1, n_k)).astype(np.float32), False
+    return None, kind == "causal"
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "bool", "float"])
+@pytest.mark.parametrize("k_batch", [2, 1], ids=["same-batch", "broadcast-kv"])
+def test_sdpa_float32_matches_torch(mask_kind, recompute, k_batch):
+    """float32 rounding: scores and sums of ≤ 64 products with values O(1) carry a relative
+    error of ~64·2⁻²⁴ ≈ 4e-6 in each order of summation; 1e-4 leaves room for the softmax,
+    and atol 1e-5 of the largest value for entries that cancel. Every mask kind, P kept or
+    rebuilt, k and v broadcast over q's batch, and a float mask that requires grad."""
+    n_q, n_k = 32, 40
+    arrays = [rng.standard_normal(s).astype(np.float32)
+              for s in [(2, 3, n_q, 64), (k_batch, 3, n_k, 64), (k_batch, 3, n_k, 64)]]
+    mask, causal = float32_masks(mask_kind, n_q, n_k)
+    grad_mask = mask is not None and mask.dtype == np.float32
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in arrays)
+    args = [tn.tensor(a, requires_grad=True) for a in arrays]
+    t_mask = None if mask is None else torch.tensor(mask, requires_grad=grad_mask)
+    our_mask = None if mask is None else tn.tensor(mask, requires_grad=grad_mask)
+    out = F.scaled_dot_product_attention(*args, attn_mask=our_mask, is_causal=causal,
+                                         recompute=recompute)
+    t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=t_mask,
+                                                             is_causal=causal)
     grad = rng.standard_normal(out.shape).astype(np.float32)
     out.backward(grad)
     t_out.backward(torch.tensor(grad))
     assert out.dtype == tn.float32 and args[0].grad.dtype == np.float32
-    for ours, theirs in zip([out] + [a.grad for a in args], (t_out, tq.grad, tk.grad, tv.grad)):
-        assert_close(ours, theirs.detach().numpy(), rtol=1e-4, atol=1e-5)
+    pairs = list(zip([out] + [a.grad for a in args], (t_out, tq.grad, tk.grad, tv.grad)))
+    if grad_mask:
+        pairs.append((our_mask.grad, t_mask.grad))
+    for ours, theirs in pairs:
+        expected = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else theirs
+        assert_close(ours, expected, rtol=1e-4, atol=1e-5 * max(np.abs(expected).max(), 1))
 
 
 def test_dropout_acts_on_the_weights():
@@ -568,20 +596,26 @@ def test_no_bool_indexing_on_the_gpu(kind, recompute, dtype):
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("needs", ["q", "k", "v", "qv", "kv"])
+@pytest.mark.parametrize("needs", ["q", "k", "v", "qv", "kv", "m", "qm", "vm"])
 def test_gradients_for_some_inputs_only(needs, recompute):
-    """Only some of q, k, v require grad (a frozen key and value, say): backward keeps only
-    what those gradients need, and once failed reading the scores' shape off a q or k it had
-    not kept (AttributeError on None)."""
-    arrays = [rng.standard_normal(s) for s in [(2, 3, 6, 4), (2, 3, 5, 4), (2, 3, 5, 3)]]
-    ours = [tn.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkv")]
-    theirs = [torch.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkv")]
-    out = F.scaled_dot_product_attention(*ours, is_causal=True, recompute=recompute)
-    t_out = torch.nn.functional.scaled_dot_product_attention(*theirs, is_causal=True)
+    """Only some of q, k, v and a float mask m require grad (a frozen key and value, say):
+    backward keeps only what those gradients need, and once failed reading the scores' shape
+    off a q or k it had not kept (AttributeError on None). The mask alone needs the scores'
+    gradient too (dM = dS), with neither q nor k asking for it."""
+    shapes = [(2, 3, 6, 4), (2, 3, 5, 4), (2, 3, 5, 3), (6, 5)]
+    arrays = [rng.standard_normal(s) for s in shapes]
+    ours = [tn.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkvm")]
+    theirs = [torch.tensor(a, requires_grad=name in needs) for a, name in zip(arrays, "qkvm")]
+    # causal where the mask needs no gradient (causal blocks skip keys), else the float mask
+    masking = dict(is_causal=True) if "m" not in needs else None
+    out = F.scaled_dot_product_attention(
+        *ours[:3], **(masking or dict(attn_mask=ours[3])), recompute=recompute)
+    t_out = torch.nn.functional.scaled_dot_product_attention(
+        *theirs[:3], **(masking or dict(attn_mask=theirs[3])))
     grad = rng.standard_normal(out.shape)
     out.backward(grad)
     t_out.backward(torch.tensor(grad))
-    for name, a, t in zip("qkv", ours, theirs):
+    for name, a, t in zip("qkvm", ours, theirs):
         assert (a.grad is None) == (name not in needs)
         if name in needs:
             close(a.grad, t.grad)

@@ -9,6 +9,7 @@ Upstream gradients are random normal, never all ones.
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 
 import numpy as np
@@ -52,6 +53,8 @@ CE_CASES = [  # (id, logits shape, target shape, kwargs)
                                          "reduction": "sum"}),
     ("smooth-1", (4, 3), (4,), {"label_smoothing": 1.0}),
     ("large-logits", (4, 6), (4,), {"scale": 300.0}),  # exp would overflow without the max shift
+    ("no-rows-sum", (0, 4), (0,), {"reduction": "sum"}),  # no rows' mean: the test below
+    ("no-rows-none", (0, 4), (0,), {"reduction": "none", "weight": True}),
 ]
 
 
@@ -94,9 +97,11 @@ def test_cross_entropy_matches_torch(case, dtype):
     compare(xs.grad, xt.grad.numpy())
 
 
-def test_cross_entropy_every_row_ignored_gives_nan_and_zero_gradient_as_torch():
-    x = np.random.default_rng(0).standard_normal((3, 4))
-    t = np.full(3, -100)
+@pytest.mark.parametrize("rows", [3, 0])
+def test_cross_entropy_every_row_ignored_gives_nan_and_zero_gradient_as_torch(rows):
+    """The mean over no counted rows (all ignored, or none at all) is 0/0: nan, as torch."""
+    x = np.random.default_rng(0).standard_normal((rows, 4))
+    t = np.full(rows, -100)
     xs = tn.tensor(x, requires_grad=True)
     loss = F.cross_entropy(xs, tn.tensor(t))
     loss.backward(tn.tensor(0.7))
@@ -127,11 +132,19 @@ def test_cross_entropy_saves_p_and_the_callers_target_and_weight_only():
 # ---- cross_entropy: finite differences ------------------------------------------------------
 @st.composite
 def ce_problems(draw):
+    """Logits of 1 or 2 trailing spatial dims too, and an ignore_index that is -1 or one of
+    the classes (whose rows then count nowhere, weight and smoothing included)."""
     rows = draw(st.integers(1, 5))
     classes = draw(st.integers(1, 6))
-    x = draw(tst.arrays((rows, classes)))
-    t = np.array(draw(st.lists(st.integers(-1, classes - 1), min_size=rows, max_size=rows)))
-    kwargs = {"ignore_index": -1,
+    spatial = draw(st.sampled_from([(), (2,), (1, 3)]))
+    x = draw(tst.arrays((rows, classes) + spatial))
+    ignore = draw(st.sampled_from([-1, classes - 1]))
+    n_targets = rows * math.prod(spatial)
+    t = np.array(draw(st.lists(st.integers(-1, classes - 1), min_size=n_targets,
+                               max_size=n_targets))).reshape((rows,) + spatial)
+    if ignore != -1:
+        t[t == -1] = ignore
+    kwargs = {"ignore_index": ignore,
               "reduction": draw(st.sampled_from(["mean", "sum", "none"])),
               "label_smoothing": draw(st.sampled_from([0.0, 0.15, 0.5]))}
     if draw(st.booleans()):
@@ -146,7 +159,7 @@ def test_cross_entropy_gradcheck(problem):
     weight = kwargs.pop("weight", None)
     target = tn.tensor(t)
     w = None if weight is None else tn.tensor(weight)
-    if kwargs["reduction"] == "mean" and not (t != -1).any():
+    if kwargs["reduction"] == "mean" and not (t != kwargs["ignore_index"]).any():
         kwargs["reduction"] = "sum"  # all rows ignored: the mean is 0/0
     gradcheck(lambda x: F.cross_entropy(x, target, weight=w, **kwargs),
               (tn.tensor(x, requires_grad=True),))

@@ -33,29 +33,36 @@ PATHS = [pytest.param(True, id="kernels", marks=needs_numba),
          pytest.param(False, id="reference")]
 
 
-def run_ours(fn, x, params, upstream):
-    """fn(x, *params) forward and backward with ``upstream``: (y, dx, [dparams])."""
-    xt = tn.tensor(x, requires_grad=True)
-    pt = [None if p is None else tn.tensor(p, requires_grad=True) for p in params]
+def run_ours(fn, x, params, upstream, frozen=()):
+    """fn(x, *params) forward and backward with ``upstream``: (y, dx, [dparams]). The inputs
+    numbered in ``frozen`` (0 for x, 1... for the params) do not require grad."""
+    xt = tn.tensor(x, requires_grad=0 not in frozen)
+    pt = [None if p is None else tn.tensor(p, requires_grad=i not in frozen)
+          for i, p in enumerate(params, 1)]
     y = fn(xt, *pt)
     y.backward(tn.tensor(upstream))
     return y, xt.grad, [None if p is None else p.grad for p in pt]
 
 
-def run_torch(fn, x, params, upstream):
-    xt = torch.tensor(x, requires_grad=True)
-    pt = [None if p is None else torch.tensor(p, requires_grad=True) for p in params]
+def run_torch(fn, x, params, upstream, frozen=()):
+    xt = torch.tensor(x, requires_grad=0 not in frozen)
+    pt = [None if p is None else torch.tensor(p, requires_grad=i not in frozen)
+          for i, p in enumerate(params, 1)]
     y = fn(xt, *pt)
     y.backward(torch.tensor(upstream))
-    return y.detach().numpy(), xt.grad.numpy(), [None if p is None else p.grad.numpy() for p in pt]
+    grads = [None if t is None or t.grad is None else t.grad.numpy() for t in [xt] + pt]
+    return y.detach().numpy(), grads[0], grads[1:]
 
 
 def compare(ours, theirs, what):
+    """y, dx and each parameter's gradient; a gradient torch does not give (a frozen input)
+    must be missing here too."""
     close(ours[0], theirs[0], **TOL64, what=f"{what} y")
-    close(ours[1], theirs[1], **TOL64, what=f"{what} dx")
-    for i, (a, b) in enumerate(zip(ours[2], theirs[2])):
+    for name, a, b in zip(["dx", "dparam 1", "dparam 2"], [ours[1]] + ours[2],
+                          [theirs[1]] + theirs[2]):
+        assert (a is None) == (b is None), f"{what} {name}: {a is None=}, torch {b is None=}"
         if b is not None:
-            close(a, b, **TOL64, what=f"{what} dparam {i}")
+            close(a, b, **TOL64, what=f"{what} {name}")
 
 
 # (x shape, normalized_shape): all three dims, the last two, empty batches, normalized dims
@@ -75,6 +82,27 @@ def draw(shape, normalized_shape, seed=0):
 
 
 # ---- parity with PyTorch (float64 within 1e-10) -----------------------------------------------
+FROZEN = [("layer_norm", (0,)), ("layer_norm", (1,)), ("layer_norm", (2,)),
+          ("layer_norm", (0, 1)), ("layer_norm", (1, 2)), ("rms_norm", (0,)), ("rms_norm", (1,))]
+
+
+@pytest.mark.parametrize("op, frozen", FROZEN, ids=[f"{op}-frozen{''.join(map(str, f))}"
+                                                    for op, f in FROZEN])
+@pytest.mark.parametrize("fused", PATHS)
+def test_frozen_inputs_get_no_gradient_and_the_others_torchs(op, frozen, fused):
+    """x (0) or a parameter (1 weight, 2 bias) that does not require grad, as raw data or a
+    frozen layer: it gets no gradient, the others get PyTorch's, on both paths (the kernels
+    skip dx, or the parameters' sums, when nobody asks for them)."""
+    x, w, b, upstream = draw((6, 2, 5), (5,), seed=3)
+    params = [w, b] if op == "layer_norm" else [w]
+    ours_fn = getattr(F, op)
+    theirs_fn = getattr(torch.nn.functional, op)
+    with kernels.fused(fused):
+        ours = run_ours(lambda x, *p: ours_fn(x, (5,), *p), x, params, upstream, frozen)
+    theirs = run_torch(lambda x, *p: theirs_fn(x, (5,), *p), x, params, upstream, frozen)
+    compare(ours, theirs, f"{op} with inputs {frozen} frozen")
+
+
 @pytest.mark.parametrize("shape, normalized_shape", SHAPES)
 @pytest.mark.parametrize("use_weight, use_bias", AFFINE)
 @pytest.mark.parametrize("fused", PATHS)

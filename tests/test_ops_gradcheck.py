@@ -117,7 +117,9 @@ def dims(draw, ndim):
         return None
     if kind == "int":
         return draw(st.integers(-ndim, ndim - 1))
-    return tuple(draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True)))
+    axes = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
+    # each axis maybe counted from the end, as a caller may write (0, -1)
+    return tuple(d - ndim if draw(st.booleans()) else d for d in axes)
 
 
 @st.composite
@@ -133,6 +135,7 @@ def variance(draw):
     wherever n >= 2; a single element has var = std = 0 for any move, gradient 0."""
     x, dim, keepdim = draw(reduction(allow_empty=False))
     axes = range(x.ndim) if dim is None else [dim] if isinstance(dim, int) else dim
+    axes = [a % x.ndim for a in axes] if x.ndim else axes
     n = math.prod(x.shape[a] for a in axes)
     return x, dim, keepdim, draw(st.sampled_from([c for c in (0.0, 0.5, 1.0) if c < n]))
 
@@ -291,6 +294,7 @@ CASES = [
     ("div-scalar", lambda a, s: s / a, unary(lo=0.5, hi=3.0).map(lambda t: (t[0], 1.5))),
     ("neg", lambda a: -a, unary()),
     ("pow", lambda x, p: x ** p, powers()),
+    ("rpow", lambda x: 1.7 ** x, unary(lo=-2.0, hi=2.0)),
     ("matmul", lambda a, b: a @ b, matmul_operands()),
     ("linear", lambda x, w, b: F.linear(x, w, b), linear_operands()),
     ("tanh", tn.tanh, unary()),

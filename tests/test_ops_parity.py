@@ -98,6 +98,7 @@ class Case:
 
 
 C = Case
+DIMS = (None, 1, -1, (0, 2), (0, -1), (-1, -3))  # reductions' dims, some counted from the end
 CASES = [
     # ---- arithmetic with broadcasting ----
     C("add", "same", lambda lib, a, b: a + b, [normal(3, 4), normal(3, 4)]),
@@ -108,6 +109,7 @@ CASES = [
     C("add", "empty", lambda lib, a, b: a + b, [normal(0, 4), normal(4)]),
     C("sub", "bcast", lambda lib, a, b: a - b, [normal(2, 1, 4), normal(3, 1)]),
     C("sub", "scalar-left", lambda lib, a: 1.5 - a, [normal(3)]),
+    C("sub", "scalar-right", lambda lib, a: a - 1.5, [normal(2, 3)]),
     C("sub", "fn", lambda lib, a, b: lib.sub(a, b), [normal(4, 1), normal(4)]),
     C("mul", "same", lambda lib, a, b: a * b, [normal(3, 4), normal(3, 4)]),
     C("mul", "bcast", lambda lib, a, b: lib.mul(a, b), [normal(2, 3, 1), normal(1, 4)]),
@@ -116,6 +118,7 @@ CASES = [
     C("div", "same", lambda lib, a, b: a / b, [normal(3, 4), away_from_zero(3, 4)]),
     C("div", "bcast", lambda lib, a, b: lib.div(a, b), [normal(2, 3), away_from_zero(3, 1, 1)]),
     C("div", "scalar-left", lambda lib, b: 2.0 / b, [away_from_zero(4)]),
+    C("div", "scalar-right", lambda lib, a: a / -2.5, [normal(3, 2)]),
     C("neg", "2d", lambda lib, a: -a, [normal(3, 4)]),
     C("neg", "fn", lambda lib, a: lib.neg(a), [normal(5)]),
     C("pow", "p=2", lambda lib, x: x ** 2, [normal(3, 4)]),
@@ -124,6 +127,8 @@ CASES = [
     C("pow", "p=-1.5", lambda lib, x: x ** -1.5, [positive(4)]),
     C("pow", "p=0-at-zero", lambda lib, x: x ** 0, [with_zeros(6)]),
     C("pow", "p=1", lambda lib, x: x ** 1, [normal(2, 2)]),
+    C("rpow", "number-base", lambda lib, x: 2.0 ** x, [normal(3, 4)]),
+    C("rpow", "fn", lambda lib, x: lib.pow(0.5, x), [normal(5)]),
     # ---- matrix products ----
     C("matmul", "2d", lambda lib, a, b: a @ b, [normal(3, 4), normal(4, 5)]),
     C("matmul", "batched", lambda lib, a, b: lib.matmul(a, b), [normal(2, 3, 4), normal(2, 4, 5)]),
@@ -171,14 +176,14 @@ CASES = [
     *[C(name, f"dim={dim}-keep={keep}",
         (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
         [normal(2, 3, 4)])
-      for name in ("sum", "mean") for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+      for name in ("sum", "mean") for dim in DIMS for keep in (False, True)],
     C("sum", "empty-dim", lambda lib, x: x.sum(dim=1), [normal(2, 0, 3)]),
     C("sum", "0d", lambda lib, x: x.sum(), [normal()]),
     C("mean", "fn", lambda lib, x: lib.mean(x, 0), [normal(4, 2)]),
     *[C(name, f"dim={dim}-keep={keep}",
         (lambda n, d, k: lambda lib, x: getattr(x, n)(dim=d, keepdim=k))(name, dim, keep),
         [scaled(3.0, 2, 3, 4)])
-      for name in ("var", "std") for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+      for name in ("var", "std") for dim in DIMS for keep in (False, True)],
     *[C(name, "seed",
         (lambda n: lambda lib, x: getattr(x, n)(dim=-1, keepdim=True, unbiased=False))(name),
         [fixed(np.linspace(-3.0, 3.0, 24).reshape(2, 3, 4) ** 3 + 1e3)])  # |μ| >> σ
@@ -193,14 +198,14 @@ CASES = [
     *[C("max", f"dim={dim}-keep={keep}",
         (lambda d, k: lambda lib, x: amax(lib, x, d, k))(dim, keep),
         [normal(2, 3, 4)])
-      for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+      for dim in DIMS for keep in (False, True)],
     C("max", "ties-all", lambda lib, x: amax(lib, x, None), [with_ties(3, 4)]),
     C("max", "ties-dim", lambda lib, x: amax(lib, x, 1, True), [with_ties(3, 6)]),
     C("max", "ties-tuple", lambda lib, x: amax(lib, x, (0, 2)), [with_ties(3, 2, 3)]),
     *[C("min", f"dim={dim}-keep={keep}",
         (lambda d, k: lambda lib, x: amin(lib, x, d, k))(dim, keep),
         [normal(2, 3, 4)])
-      for dim in (None, 1, -1, (0, 2)) for keep in (False, True)],
+      for dim in DIMS for keep in (False, True)],
     C("min", "ties-dim", lambda lib, x: amin(lib, x, 1, True), [with_ties(3, 6)]),
     # ---- shape ----
     C("reshape", "2d", lambda lib, x: x.reshape(6, 4), [normal(2, 3, 4)]),
@@ -274,6 +279,7 @@ CASES = [
       [fixed([[1e4, -1e4, 0.0], [-2e4, -1e4 + 1.5, -1e4], [3e4, 3e4 + 0.5, 3e4 - 2.0]])]),
     # ---- dtype ----
     C("cast", "to-float32", lambda lib, x: x.to(lib.float32) * 3.0, [normal(3, 4)]),
+    C("cast", "to-float16", lambda lib, x: x.to(lib.float16) * 3.0, [normal(3, 4)]),
     C("cast", "double", lambda lib, x: x.double(), [normal(3, 4)]),
     C("cast", "to-float64", lambda lib, x: x.to(dtype=lib.float64), [normal(2, 2)]),
 ]
@@ -292,14 +298,16 @@ def _tn_device():
     return "cuda" if tn.backend.current() == "cupy" else "cpu"
 
 
-def _run(lib, case: Case, arrays, upstreams):
-    """Forward and backward in ``lib``; returns (outputs, input gradients) as host arrays."""
+def _run(lib, case: Case, arrays, upstreams, frozen=None):
+    """Forward and backward in ``lib``; returns (outputs, input gradients) as host arrays.
+    Float inputs require grad, but for input number ``frozen``."""
+    needs = [a.dtype.kind == "f" and i != frozen for i, a in enumerate(arrays)]
     if lib is tn:
-        tensors = [tn.tensor(a, device=_tn_device(), requires_grad=a.dtype.kind == "f")
-                   for a in arrays]
+        tensors = [tn.tensor(a, device=_tn_device(), requires_grad=need)
+                   for a, need in zip(arrays, needs)]
         out = case.fn(tn, *tensors)
     else:
-        tensors = [torch.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+        tensors = [torch.tensor(a, requires_grad=need) for a, need in zip(arrays, needs)]
         out = case.fn(torch, *tensors)
     outs = out if isinstance(out, tuple) else (out,)
     if upstreams is None:  # first call: draw the upstream gradients from the output shapes
@@ -339,12 +347,12 @@ def _check(actual, expected, dtype, what):
         raise AssertionError(f"{what}:\n{err}") from None
 
 
-def _parity(case: Case, dtype):
+def _parity(case: Case, dtype, frozen=None):
     arrays, rng = _make_inputs(case, dtype)
     outs, _ = _run(tn, case, arrays, None)
     upstreams = [rng.standard_normal(o.shape) for o in outs]
-    tn_outs, tn_grads, tn_inputs = _run(tn, case, arrays, upstreams)
-    th_outs, th_grads, _ = _run(torch, case, arrays, upstreams)
+    tn_outs, tn_grads, tn_inputs = _run(tn, case, arrays, upstreams, frozen)
+    th_outs, th_grads, _ = _run(torch, case, arrays, upstreams, frozen)
     assert len(tn_outs) == len(th_outs), (
         f"{case.id}: {len(tn_outs)} outputs, torch has {len(th_outs)}")
     for k, (a, e) in enumerate(zip(tn_outs, th_outs)):
@@ -368,6 +376,22 @@ def test_parity_float64(case):
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_parity_float32(case):
     _parity(case, np.float32)
+
+
+def _float_inputs(case: Case) -> list:
+    arrays, _ = _make_inputs(case, np.float64)
+    return [i for i, a in enumerate(arrays) if a.dtype.kind == "f"]
+
+
+# every row with two or more float inputs, once with each of them not requiring grad: an
+# op saves for backward only what the gradients it must give need (matmul, linear, mul and
+# div keep the other operand), and a swap of what is saved shows only there
+FROZEN = [(c, i) for c in CASES if len(_float_inputs(c)) > 1 for i in _float_inputs(c)]
+
+
+@pytest.mark.parametrize("case, frozen", FROZEN, ids=[f"{c.id}-frozen{i}" for c, i in FROZEN])
+def test_parity_float64_with_one_input_frozen(case, frozen):
+    _parity(case, np.float64, frozen)
 
 
 def test_every_core_op_has_parity_cases():

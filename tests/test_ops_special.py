@@ -98,6 +98,24 @@ def test_dropout_saves_a_bool_mask_and_only_when_recording():
         assert F.dropout(x, 0.3).grad_fn is None
 
 
+def test_float16_dropout_keeps_float16_and_scales_by_the_rounded_factor():
+    """float16 in, float16 out: the kept elements are x·(1/(1 − p) rounded to float16), the
+    dropped ones 0, and dx is grad_out on the same mask by the same factor; the mask is drawn
+    in float32 (keep_mask), so the dropped fraction is p within 5 standard deviations."""
+    rng = np.random.default_rng(4)
+    p, n = 0.3, 50_000
+    x = tn.tensor(rng.standard_normal(n).astype(np.float16), requires_grad=True)
+    y = F.dropout(x, p)
+    g = rng.standard_normal(n).astype(np.float16)
+    y.backward(g)
+    keep = host(y) != 0
+    factor = np.float16(1 / (1 - p))
+    assert y.dtype == np.float16 and x.grad.dtype == np.float16
+    assert abs((~keep).mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    np.testing.assert_array_equal(host(y), np.where(keep, host(x) * factor, 0))
+    np.testing.assert_array_equal(x.grad, np.where(keep, g * factor, 0))
+
+
 def test_dropout_is_reproducible_under_manual_seed():
     x = tn.randn(1000)
     tn.manual_seed(3)
