@@ -18,6 +18,11 @@ last layers get the largest), Pre-LN gradients are about the same in every layer
 between (1 + l/2)d and (1 + 3l/2)d), while the Post-LN stream stays at ||x||² ≈ d because
 every block ends in a LayerNorm. The verdict checks these in the paper's setting and
 reports what is measured, whether or not it matches.
+
+The tutorial's own claim, "Pre-Norm: gradients flow more smoothly through the network", is
+read as Figure 3 reads it: the per-layer gradient norm changes less from the first layer to
+the last. It is checked at every depth and in both inits, on the fitted trend:
+|log trend| smaller for Pre-Norm than for Post-Norm.
 """
 from __future__ import annotations
 
@@ -88,6 +93,27 @@ def describe(ratio: float) -> str:
     return "grows" if ratio > 1.25 else ("falls" if ratio < 0.8 else "flat")
 
 
+def smoother_flow(pre_trends, post_trends) -> bool:
+    """The tutorial's "gradients flow more smoothly through the network" with Pre-Norm: at
+    every depth, Pre-Norm's per-layer gradient norm changes less from first to last layer
+    than Post-Norm's, |log trend_pre| < |log trend_post| (a trend of 1 is perfectly even;
+    x2 and x0.5 are equally far from it)."""
+    pairs = zip(pre_trends, post_trends, strict=True)
+    return all(abs(np.log(pre)) < abs(np.log(post)) for pre, post in pairs)
+
+
+def stream_linear(slope_per_d: float, r2: float) -> bool:
+    """Lemma 2 of Xiong et al.: the Pre-LN stream's E||x_l||² lies between (1 + l/2)·d and
+    (1 + 3l/2)·d, so it grows linearly (R² > 0.95) by d/2 to 3d/2 per layer."""
+    return r2 > 0.95 and 0.5 <= slope_per_d <= 1.5
+
+
+def in_lemma2_band(stream_per_d) -> list:
+    """Whether ||x||²/d after l = 1, 2, ... blocks lies in Lemma 2's band, 1 + l/2 to
+    1 + 3l/2 (stream_per_d[l] is the stream after l blocks; [0], the input, is left out)."""
+    return [1 + l / 2 <= v <= 1 + 3 * l / 2 for l, v in enumerate(stream_per_d) if l > 0]
+
+
 def linear_fit(values):
     """Slope, intercept and R² of values against l = 1, 2, ..."""
     layer = np.arange(1, len(values) + 1, dtype=float)
@@ -151,45 +177,60 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
             ax.plot(layers, np.array(results[init][kind][deepest]["stream"]) / d_model, marker=".",
                     label=KINDS[kind])
         ax.plot(layers, (intercept + slope * layers) / d_model, "k--", lw=0.8,
-                label=f"linear fit, R²={r2:.3f}")
+                label=f"Pre-Norm linear fit, R²={r2:.3f}")
         ax.set(xlabel="layer l", ylabel="mean ||x_l||² / d", title=f"Residual stream, {init} init")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     figures = [C.save(fig, out, "pre_vs_post.png")]
 
-    # Xiong et al.'s predictions, checked in their setting (Xavier init)
+    # the tutorial's "smoother gradient flow", in both inits, and Xiong et al.'s predictions,
+    # checked in their setting (Xavier init)
     post = [trends["xavier", "post", d] for d in DEPTHS]
     pre = [trends["xavier", "pre", d] for d in DEPTHS]
-    r2 = fits["xavier"][2]
+    smoother = {init: smoother_flow([trends[init, "pre", d] for d in DEPTHS],
+                                    [trends[init, "post", d] for d in DEPTHS]) for init in INITS}
+    slope, _, r2 = fits["xavier"]
+    slope_per_d = slope / d_model
+    band = in_lemma2_band(np.array(results["xavier"]["pre"][deepest]["stream"]) / d_model)
     last = {k: [results["xavier"][k][d]["ffn"][-1] for d in DEPTHS] for k in KINDS}
     post_last_ratio = last["post"][-1] / last["post"][0]  # Theorem 1: independent of L
     pre_last_ratio = last["pre"][-1] / last["pre"][0]  # Theorem 1: ∝ 1/√L
     pre_expected = (DEPTHS[0] / DEPTHS[-1]) ** 0.5
     checks = {
+        "Pre-LN smoother than Post-LN at every depth (tutorial; both inits)":
+            all(smoother.values()),
         "Post-LN grows with layer (Fig. 3)": all(describe(t) == "grows" for t in post),
         "Pre-LN flat over layers (Fig. 3)": all(describe(t) == "flat" for t in pre),
         "Post-LN last layer independent of L (Thm 1)": abs(np.log(post_last_ratio)) < np.log(1.25),
         "Pre-LN last layer ~ 1/sqrt(L) (Thm 1)":
             abs(np.log(pre_last_ratio / pre_expected)) < np.log(1.4),
-        "Pre-LN stream linear (Lemma 2)": r2 > 0.95 and fits["xavier"][0] > 0,
+        "Pre-LN stream linear, d/2 to 3d/2 per layer (Lemma 2)": stream_linear(slope_per_d, r2),
     }
     passed = sum(checks.values())
     outcome = (True if passed == len(checks) else False if passed == 0 else
                f"claim holds in part ({passed} of {len(checks)} predictions)")
+    default_trends = {k: ", ".join(f"{trends['default', k, d]:.2g}" for d in DEPTHS) for k in KINDS}
     line = C.verdict(
         "Pre-Norm gives smoother gradient flow than Post-Norm; Xiong et al. 2020 (Xavier init): "
         "Post-LN FFN gradients grow with the layer index, Pre-LN ones stay flat (Fig. 3); the "
         "last layer's gradient is independent of depth L for Post-LN and shrinks as 1/sqrt(L) "
-        "for Pre-LN (Thm 1); the Pre-LN stream grows linearly (Lemma 2)",
+        "for Pre-LN (Thm 1); the Pre-LN stream grows linearly, by d/2 to 3d/2 per layer "
+        "(Lemma 2)",
         outcome,
         "Xavier init, FFN gradient trend (last/first) for "
         f"{'/'.join(map(str, DEPTHS))} layers: Post-LN {', '.join(f'{t:.2g}' for t in post)}, "
-        f"Pre-LN {', '.join(f'{t:.2g}' for t in pre)}; last layer L={DEPTHS[-1]} vs L={DEPTHS[0]}: "
+        f"Pre-LN {', '.join(f'{t:.2g}' for t in pre)} (default init: Post-LN "
+        f"{default_trends['post']}, Pre-LN {default_trends['pre']}); last layer "
+        f"L={DEPTHS[-1]} vs L={DEPTHS[0]}: "
         f"Post-LN x{post_last_ratio:.2f}, Pre-LN x{pre_last_ratio:.2f} (1/sqrt(L): "
-        f"x{pre_expected:.2f}); Pre-LN ||x_l||^2 linear fit R^2 {r2:.3f}; "
+        f"x{pre_expected:.2f}); Pre-LN ||x_l||^2 linear fit R^2 {r2:.3f}, slope "
+        f"{slope_per_d:.2f} d per layer, inside Lemma 2's band (1 + l/2 to 1 + 3l/2 after l "
+        f"blocks) for {sum(band)} of l = 1..{len(band)}; "
         + "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in checks.items()),
     )
     return {"results": results, "trends": {f"{i}/{k}/{d}": t for (i, k, d), t in trends.items()},
             "last_layer_ratio": {"post": post_last_ratio, "pre": pre_last_ratio},
-            "stream_fits": fits, "checks": checks, "sizes": sizes, "figures": figures,
+            "stream_fits": fits, "stream_slope_per_d": slope_per_d,
+            "stream_in_lemma2_band": band,
+            "smoother_flow": smoother, "checks": checks, "sizes": sizes, "figures": figures,
             "verdict": line}

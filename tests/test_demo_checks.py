@@ -1,0 +1,59 @@
+"""The demos' verdict checks as pure functions of measured numbers, fed numbers on both sides
+of each threshold (tests/test_demos.py runs the demos themselves).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from demos import pre_vs_post
+
+# --- pre_vs_post ----------------------------------------------------------------------------
+
+
+def test_smoother_flow_compares_distance_from_flat_at_every_depth():
+    # the measured Xavier trends: Pre-LN falls further than Post-LN grows, at every depth
+    assert not pre_vs_post.smoother_flow([0.61, 0.45, 0.34], [1.0, 1.3, 1.5])
+    # Pre-LN nearer flat at every depth
+    assert pre_vs_post.smoother_flow([0.9, 1.1, 0.95], [1.3, 0.7, 1.5])
+    # a fall and a growth by the same factor are equally far from flat: not smoother
+    assert not pre_vs_post.smoother_flow([0.5], [2.0])
+    assert pre_vs_post.smoother_flow([0.51], [2.0])
+    assert pre_vs_post.smoother_flow([1.96], [0.5])
+    assert not pre_vs_post.smoother_flow([2.04], [0.5])
+    # one depth where Pre-LN is further from flat is enough to fail
+    assert not pre_vs_post.smoother_flow([0.9, 0.9, 0.6], [1.5, 1.5, 1.5])
+    with pytest.raises(ValueError):  # one trend per depth on each side
+        pre_vs_post.smoother_flow([0.9, 0.9], [1.5, 1.5, 1.5])
+
+
+@pytest.mark.parametrize("slope, r2, holds", [
+    (0.60, 0.995, True),  # the full run
+    (0.51, 0.96, True),
+    (1.49, 0.99, True),
+    (0.49, 0.995, False),  # linear, but slower than Lemma 2's d/2 per layer
+    (1.51, 0.995, False),  # faster than 3d/2 per layer
+    (0.07, 0.987, False),  # the default init: linear, far too slow
+    (0.60, 0.94, False),  # not linear enough
+    (-0.6, 0.995, False),
+])
+def test_stream_linear_needs_the_fit_and_lemma_2s_slope(slope, r2, holds):
+    assert pre_vs_post.stream_linear(slope, r2) is holds
+
+
+def test_in_lemma2_band_counts_blocks_from_the_input():
+    # after l blocks the band is 1 + l/2 .. 1 + 3l/2; the input (l = 0) is not counted
+    stream = [1.0, 1.49, 2.0, 4.01, 2.5, 3.49]
+    assert pre_vs_post.in_lemma2_band(stream) == [False, True, True, False, False]
+    assert pre_vs_post.in_lemma2_band([5.0]) == []
+    # the upper edge: 1 + 3l/2
+    assert pre_vs_post.in_lemma2_band([1.0, 2.5, 4.01]) == [True, False]
+
+
+def test_linear_fit_recovers_slope_and_r2():
+    values = 3.0 + 0.6 * np.arange(1, 25)
+    slope, intercept, r2 = pre_vs_post.linear_fit(values)
+    assert slope == pytest.approx(0.6) and intercept == pytest.approx(3.0)
+    assert r2 == pytest.approx(1.0)
+    noisy = values + np.where(np.arange(24) % 2, 2.0, -2.0)
+    assert pre_vs_post.linear_fit(noisy)[2] < 0.9
