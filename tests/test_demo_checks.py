@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from demos import pre_vs_post
+from demos import activations, pre_vs_post
 
 # --- pre_vs_post ----------------------------------------------------------------------------
 
@@ -57,3 +57,50 @@ def test_linear_fit_recovers_slope_and_r2():
     assert r2 == pytest.approx(1.0)
     noisy = values + np.where(np.arange(24) % 2, 2.0, -2.0)
     assert pre_vs_post.linear_fit(noisy)[2] < 0.9
+
+
+# --- activations ----------------------------------------------------------------------------
+
+# the full run's std without LayerNorm, layers 1 to 10
+MEASURED = [0.4611, 0.2506, 0.1437, 0.08635, 0.05652, 0.04053, 0.03417, 0.03301, 0.03404,
+            0.03182]
+
+
+def test_plateau_start_finds_where_the_std_levels_off():
+    assert activations.plateau_start(MEASURED) == 7  # 0.0342 .. 0.0318 from layer 7
+    # still falling by x0.6 a layer to the end: no plateau
+    assert activations.plateau_start([0.6 ** i for i in range(10)]) is None
+    # the spread threshold, 1.15, on both sides
+    assert activations.plateau_start([1.0, 0.5, 0.114, 0.1, 0.1, 0.1]) == 3
+    assert activations.plateau_start([1.0, 0.5, 0.116, 0.1, 0.1, 0.1]) == 4
+    # only the last two layers level: fewer than min_layers = 3
+    assert activations.plateau_start([1.0, 0.5, 0.25, 0.1, 0.1]) is None
+
+
+def test_no_ln_checks_report_the_plateau():
+    checks = activations.no_ln_checks(MEASURED)
+    assert list(checks.values()) == [True, False]  # shrinks, then levels off
+    # the seed's claim in full: shrinks at every layer, towards zero
+    assert list(activations.no_ln_checks([0.6 ** i for i in range(10)]).values()) == [True, True]
+    # a layer that grows before the plateau is not "layer by layer"
+    assert not activations.no_ln_checks([0.46, 0.25, 0.3, 0.1, 0.05, 0.05, 0.05])[
+        "no LN: shrinks layer by layer"]
+    # falling, but by less than half before it levels off
+    shallow = [0.1, 0.08, 0.06, 0.055, 0.055, 0.055]
+    assert not activations.no_ln_checks(shallow)["no LN: shrinks layer by layer"]
+    assert activations.no_ln_checks([0.1, 0.06, 0.045, 0.045, 0.045])[
+        "no LN: shrinks layer by layer"]
+
+
+def test_bias_floor_is_the_fixed_point_of_the_no_ln_layers():
+    s = activations.bias_floor(512)
+    assert s == pytest.approx(0.03125)
+    assert s ** 2 == pytest.approx(s ** 2 / 3 + 1 / (3 * 512))  # Var(Wx) + Var(b)
+
+
+def test_ln_stable_thresholds():
+    assert activations.ln_stable([0.999] * 10, [1e-9] * 10)
+    assert activations.ln_stable([0.951, 1.049], [0.049, -0.049])
+    assert not activations.ln_stable([0.999, 0.949], [0.0, 0.0])
+    assert not activations.ln_stable([0.999, 1.051], [0.0, 0.0])
+    assert not activations.ln_stable([1.0, 1.0], [0.0, -0.051])
