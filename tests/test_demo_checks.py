@@ -1,12 +1,18 @@
 """The demos' verdict checks as pure functions of measured numbers, fed numbers on both sides
 of each threshold (tests/test_demos.py runs the demos themselves).
+
+The CuPy peak-memory hook of gpt2_small is exercised here with a stand-in ``cupy`` module
+(no GPU needed): a pool whose bytes in use rise and fall inside the measured block.
 """
 from __future__ import annotations
+
+import sys
+import types
 
 import numpy as np
 import pytest
 
-from demos import activations, pre_vs_post
+from demos import activations, gpt2_small, pre_vs_post
 
 # --- pre_vs_post ----------------------------------------------------------------------------
 
@@ -104,3 +110,88 @@ def test_ln_stable_thresholds():
     assert not activations.ln_stable([0.999, 0.949], [0.0, 0.0])
     assert not activations.ln_stable([0.999, 1.051], [0.0, 0.0])
     assert not activations.ln_stable([1.0, 1.0], [0.0, -0.051])
+
+
+# --- gpt2_small: the pool's peak on CuPy ----------------------------------------------------
+
+
+class FakePool:
+    def __init__(self, used):
+        self.used = used
+
+    def used_bytes(self):
+        return self.used
+
+
+def test_pool_peak_keeps_the_largest_reading_after_any_allocation():
+    pool = FakePool(1000)
+    peak = gpt2_small.PoolPeak(pool.used_bytes)
+    for used in (1300, 1800, 1100, 1500, 1000):  # allocations and frees in between
+        pool.used = used
+        peak.malloc_postprocess(device_id=0, size=1, mem_size=512, mem_ptr=1, pmem_id=1)
+    assert peak.peak_bytes == 800
+    assert gpt2_small.PoolPeak(pool.used_bytes).peak_bytes == 0
+
+
+def _fake_cupy(pool):
+    """The few names of CuPy that the measurement uses; the pool calls the registered
+    hooks' malloc_postprocess after each allocation, as CuPy's memory pool does."""
+    hooks = {}
+
+    class MemoryHook:
+        name = "MemoryHook"
+
+        def __enter__(self):
+            assert self.name not in hooks
+            hooks[self.name] = self
+            return self
+
+        def __exit__(self, *exc):
+            del hooks[self.name]
+
+    def alloc(nbytes):
+        pool.used += nbytes
+        for hook in list(hooks.values()):
+            hook.malloc_postprocess(device_id=0, size=nbytes, mem_size=nbytes, mem_ptr=1,
+                                    pmem_id=1)
+
+    def free(nbytes):
+        pool.used -= nbytes
+
+    device = types.SimpleNamespace(synchronize=lambda: None)
+    cuda = types.SimpleNamespace(MemoryHook=MemoryHook, Device=lambda: device)
+    module = types.ModuleType("cupy")
+    module.cuda = cuda
+    module.get_default_memory_pool = lambda: pool
+    return module, alloc, free, hooks
+
+
+def test_timed_peak_memory_on_cupy_reports_the_peak_not_the_growth(monkeypatch):
+    pool = FakePool(5000)  # the model's parameters, already in use
+    cupy, alloc, free, hooks = _fake_cupy(pool)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    with gpt2_small.timed_peak_memory("cupy") as m:
+        alloc(300)
+        alloc(700)
+        free(300)
+        alloc(100)  # 5800 in use here, after the peak of 6000
+        free(800)
+    assert m.peak_bytes == 1000  # the growth read at the end would say 0
+    assert m.seconds >= 0
+    assert hooks == {}  # the hook is unregistered on the way out
+    # what stays allocated after the block: the peak still counts from the start
+    with gpt2_small.timed_peak_memory("cupy") as m:
+        alloc(400)
+        free(100)
+    assert m.peak_bytes == 400
+    # an error inside the block unregisters the hook too
+    with pytest.raises(RuntimeError), gpt2_small.timed_peak_memory("cupy"):
+        raise RuntimeError
+    assert hooks == {}
+
+
+def test_timed_peak_memory_on_numpy_is_commons():
+    with gpt2_small.timed_peak_memory("numpy") as m:
+        a = np.ones(1 << 20)  # 8 MiB, freed before the end
+        del a
+    assert m.peak_bytes >= 8 << 20
