@@ -119,9 +119,11 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     for v in VARIANTS:
         axes[0, 0].plot(depths, [sweep[v][d] for d in depths], marker="o", label=v)
         axes[0, 1].plot(range(1, SEED_DEPTH + 1), per_layer[v], label=v)
-    axes[0, 0].set(yscale="log", xlabel="number of layers", ylabel="mean |dL/dx| at the input",
-                   title="Input gradient vs depth")
-    axes[0, 1].set(yscale="log", xlabel="layer (1 = input side)", ylabel="||dL/dW||",
+    axes[0, 0].set(yscale="log", xlabel="number of layers",
+                   ylabel="mean |dL/dx| at the input, L = Σ output·r",
+                   title="Input gradient vs depth (r random, fixed)")
+    axes[0, 1].set(yscale="log", xlabel="layer (1 = input side)",
+                   ylabel="||dL/dW||, L = Σ output·r",
                    title=f"Weight gradient per layer ({SEED_DEPTH} layers)")
     for ax in axes[0]:
         ax.grid(True, which="major", alpha=0.3)

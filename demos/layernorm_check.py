@@ -69,7 +69,7 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     axes[0, 0].hist(x_np.ravel(), bins=60, color="C0")
     axes[0, 0].set(title="input x = randn * 10 + 5", xlabel="value", ylabel="count")
     axes[0, 1].hist(y_np.ravel(), bins=60, color="C1")
-    axes[0, 1].set(title="LayerNorm(x): each row mean 0, std 1", xlabel="value")
+    axes[0, 1].set(title="LayerNorm(x): each row mean 0, std 1", xlabel="value", ylabel="count")
     figures = [C.save(fig, out, "layernorm_check.png")]
 
     worst_mean = float(np.abs(per_mean).max())
