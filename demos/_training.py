@@ -25,6 +25,7 @@ from . import _common as C
 
 ADAM_BETAS = (0.9, 0.98)  # Xiong et al. 2020 and Vaswani et al. 2017
 STALL_MARGIN = 0.15  # nats: a final loss above H − this has learned (almost) only frequencies
+SMOOTH_WINDOW = 10  # steps in the running mean of the plotted loss curves
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TINYNORM_NUM_THREADS")
 
 DEFAULTS = dict(num_layers=6, d_model=64, num_heads=4, d_ff=None, norm="pre",
@@ -175,13 +176,20 @@ def stalled(final: float, entropy: float) -> bool:
     return not math.isfinite(final) or final > entropy - STALL_MARGIN
 
 
-def smooth(values, window: int = 10) -> np.ndarray:
-    """Running mean over ``window`` steps (nan-aware at the end of a diverged run)."""
+def smooth(values, window: int = SMOOTH_WINDOW) -> tuple:
+    """(steps, means): the running mean of ``values`` over ``window`` steps, and the step
+    each mean belongs to.
+
+    ``values[k]`` is the loss at step k (of the weights after k updates; ``Run.step`` returns
+    the loss before its update), so the mean of steps k − window + 1 … k is placed at step k
+    and the curve starts at step window − 1. A window that holds a nan (the end of a diverged
+    run) is nan. Fewer than ``window`` values come back as they are, each at its own step.
+    """
     values = np.asarray(values, dtype=float)
     if len(values) < window:
-        return values
+        return np.arange(len(values)), values
     kernel = np.ones(window) / window
-    return np.convolve(values, kernel, mode="valid")
+    return np.arange(window - 1, len(values)), np.convolve(values, kernel, mode="valid")
 
 
 def save_json(result: dict, out: str, name: str) -> str:

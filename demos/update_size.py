@@ -24,9 +24,15 @@ they get there: the verdict compares the first update, ||ΔF||_1, and the growth
 LayerNorm inputs over the 100 steps (step 100 / step 0). (The largest ||ΔF|| over the 100
 steps, which this demo compared first, only measures that saturation; it is still printed.)
 
+Curves are means over seeds. A run that diverges (a non-finite loss) stops there; its
+curves are padded with nan and the mean at each later step is over the seeds still running
+(the table and the verdict say how many runs diverged).
+
 ``--quick``: 6 layers, d_model = 32, 20 steps, one seed.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -76,10 +82,36 @@ def measure(cfg: dict, backend: str = "numpy") -> dict:
     return {"config": cfg, "update": update, "ln_input": ln_input, "losses": losses}
 
 
-def mean_curve(results, norm, key):
-    curves = [r[key] for r in results if r["config"]["norm"] == norm]
-    length = min(len(c) for c in curves)
-    return np.mean([c[:length] for c in curves], axis=0)
+def padded(curve, length: int) -> np.ndarray:
+    """``curve`` as floats, cut or padded with nan to ``length``; inf (a diverged loss) is nan."""
+    values = np.full(length, np.nan)
+    head = np.asarray(curve[:length], dtype=float)
+    values[:len(head)] = np.where(np.isfinite(head), head, np.nan)
+    return values
+
+
+def quiet_nan(reduce, values, **kwargs):
+    """``reduce`` (np.nanmean, np.nanmax) without its warning on all-nan input (all the runs
+    diverged), whose answer, nan, says it already."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return reduce(values, **kwargs)
+
+
+def mean_curve(results, norm: str, key: str, length: int) -> np.ndarray:
+    """The mean over seeds of ``key`` at each of ``length`` steps, over the runs that have a
+    finite value there (nan where none has): a run that diverged drops out of the mean."""
+    curves = np.array([padded(r[key], length) for r in results if r["config"]["norm"] == norm])
+    return quiet_nan(np.nanmean, curves, axis=0)
+
+
+def checks(first: dict, growth: dict) -> dict:
+    """The verdict's checks from ||ΔF||_1 and the LayerNorm input growth of each model
+    (a nan, from runs that all diverged, fails the check it enters)."""
+    return {"DeepNorm's first update moves the output less than Post-LN's":
+            bool(first["deepnorm"] < first["post"]),
+            "Post-LN's LayerNorm inputs grow more than DeepNorm's":
+            bool(growth["post"] > growth["deepnorm"])}
 
 
 def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
@@ -93,8 +125,12 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
           f"{s['lr']:g}, no warm-up, {len(s['seeds'])} seed(s)), measured after each of the "
           f"first {s['steps']} steps; curves are means over seeds.\n")
     results = T.run_grid(runs, backend, desc="update_size", fn=measure)
-    curves = {n: {k: mean_curve(results, n, k) for k in ("update", "ln_input", "losses")}
+    lengths = {"update": s["steps"] + 1, "ln_input": s["steps"] + 1, "losses": s["steps"]}
+    curves = {n: {k: mean_curve(results, n, k, length) for k, length in lengths.items()}
               for n in NORMS}
+    diverged = {n: sum(not np.all(np.isfinite(r["losses"])) for r in results
+                       if r["config"]["norm"] == n) for n in NORMS}
+    runs_per_norm = len(s["seeds"])
 
     checkpoints = [t for t in (1, 5, 10, 25, 50, 100) if t <= s["steps"]]
     rows = []
@@ -104,7 +140,8 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         row.update({f"dF@{t}": c["update"][t] for t in checkpoints if t < len(c["update"])})
         row.update({"LN in@0": c["ln_input"][0], f"LN in@{s['steps']}": c["ln_input"][-1],
                     "LN growth": c["ln_input"][-1] / c["ln_input"][0],
-                    "loss@end": float(np.mean(c["losses"][-10:]))})
+                    "loss@end": float(quiet_nan(np.nanmean, c["losses"][-10:])),
+                    "diverged": f"{diverged[n]}/{runs_per_norm}"})
         rows.append(row)
     C.table(rows, list(rows[0]), title="||F(x,θ_t) − F(x,θ_0)|| (dF@t), mean LayerNorm input "
             f"norm (sqrt(d) = {np.sqrt(s['d_model']):.1f} for unit-variance rows), mean over seeds")
@@ -124,26 +161,26 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     figure = C.save(fig, out, "training_update_size.png")
 
     growth = {n: float(curves[n]["ln_input"][-1] / curves[n]["ln_input"][0]) for n in NORMS}
-    max_update = {n: float(np.max(curves[n]["update"])) for n in NORMS}
+    max_update = {n: float(quiet_nan(np.nanmax, curves[n]["update"])) for n in NORMS}
     first = {n: float(curves[n]["update"][1]) for n in NORMS}
-    checks = {"DeepNorm's first update moves the output less than Post-LN's":
-              first["deepnorm"] < first["post"],
-              "Post-LN's LayerNorm inputs grow more than DeepNorm's":
-              growth["post"] > growth["deepnorm"]}
-    outcome = C.outcome(checks)
+    verdict_checks = checks(first, growth)
+    outcome = C.outcome(verdict_checks)
+    diverged_text = ("" if not any(diverged.values()) else
+                     "; diverged (dropped from the means from then on): " + ", ".join(
+                         f"{NORMS[n]} {k}/{runs_per_norm}" for n, k in diverged.items()))
     measured = (f"||dF|| after the first step: Post-LN {first['post']:.3g}, DeepNorm "
                 f"{first['deepnorm']:.3g}, Pre-LN {first['pre']:.3g}; largest over {s['steps']} "
                 f"steps: Post-LN {max_update['post']:.3g}, DeepNorm {max_update['deepnorm']:.3g}, "
                 f"Pre-LN {max_update['pre']:.3g} (sqrt(2d) = {np.sqrt(2 * s['d_model']):.3g}); "
                 f"LN input growth (step {s['steps']} / step 0): Post-LN {growth['post']:.3g}, "
-                f"DeepNorm {growth['deepnorm']:.3g}, Pre-LN {growth['pre']:.3g}")
+                f"DeepNorm {growth['deepnorm']:.3g}, Pre-LN {growth['pre']:.3g}{diverged_text}")
     line = C.verdict("DeepNorm bounds the early model update, and so the growth of the "
                      "LayerNorm inputs, that destabilise Post-LN (Wang et al. 2022)",
                      outcome, measured)
     result = {"settings": s, "curves": {n: {k: v.tolist() for k, v in c.items()}
                                         for n, c in curves.items()},
               "first_update": first, "max_update": max_update, "ln_growth": growth,
-              "checks": checks,
+              "diverged": diverged, "checks": verdict_checks,
               "runs": results, "figures": [figure], "verdict": line}
     result["json"] = T.save_json(result, out, "training_update_size.json")
     return result

@@ -66,6 +66,9 @@ def test_warmup(tmp_path, entropy):
         firsts.setdefault(key, set()).add(run["losses"][0])
     assert all(len(v) == 1 for v in firsts.values())
     assert len(r["checks"]) == 4
+    control = s["control_layers"]  # the control's claim names the depth that ran
+    assert f"at {control} layers nothing differs" in r["verdict"]
+    assert sum(f"at {control} layers" in name for name in r["checks"]) == 1
 
 
 def test_depth(tmp_path, entropy):
@@ -83,7 +86,8 @@ def test_depth(tmp_path, entropy):
 def test_update_size(tmp_path):
     r, _ = _run("update_size", tmp_path)
     steps = r["settings"]["steps"]
-    for norm, curves in r["curves"].items():
+    assert r["diverged"] == {"post": 0, "deepnorm": 0, "pre": 0}
+    for curves in r["curves"].values():
         assert curves["update"][0] == 0.0 and len(curves["update"]) == steps + 1
         assert all(u > 0 for u in curves["update"][1:])  # every Adam step moves the output
         assert all(v > 0 for v in curves["ln_input"])
@@ -107,6 +111,11 @@ def test_rms_vs_ln_training(tmp_path):
         assert ln[0] == pytest.approx(rms[0], abs=0.05)
         assert np.mean(ln[-5:]) < ln[0] - 0.5 and np.mean(rms[-5:]) < rms[0] - 0.5
         assert all(t > 0 for t in run["seconds"]["layer"] + run["seconds"]["rms"])
-    assert all(v > 0 for v in r["time_ratio"].values())
+    widths = [s["d_model"], *s["timing_widths"]]
+    assert list(r["time_ratio"]) == widths  # one pooled ratio per width, the seeds together
+    for t in r["time_ratio"].values():
+        low, high = t["ci95"]
+        assert 0 < low <= t["ratio"] <= high
+        assert t["speed"] == demos.load("rms_vs_ln_training").speed(low, high)
     assert r["loss_gap"] == pytest.approx(np.mean([t["val"]["rms"] - t["val"]["layer"]
                                                    for t in trained]))
