@@ -1,5 +1,5 @@
 """The pure functions under the training demos' verdicts, on numbers either side of each
-threshold: fast, nothing is trained.
+threshold, and the demo runner's argument errors: fast, nothing is trained.
 
 A verdict can be trusted only if its check can both pass and fail on the numbers a run
 could measure; these tests put numbers on both sides of every threshold.
@@ -7,11 +7,13 @@ could measure; these tests put numbers on both sides of every threshold.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
 import pytest
 
+from demos import __main__ as runner
 from demos import _training as T
 from demos import depth, rms_vs_ln_training, update_size, warmup
 
@@ -250,3 +252,67 @@ def test_trains_as_well_either_side():
     assert not rms_vs_ln_training.trains_as_well(same + 0.001)
     assert not rms_vs_ln_training.trains_as_well(-(same + 0.001))
     assert not rms_vs_ln_training.trains_as_well(math.nan)
+
+
+# ---- the runner's argument errors ----------------------------------------------------------
+
+def _fails_before_running(argv, capsys):
+    assert runner.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "===" not in out  # no demo started
+    return err
+
+
+def test_out_naming_a_file_fails_before_any_demo_runs(tmp_path, capsys):
+    path = tmp_path / "results.txt"
+    path.write_text("keep me")
+    err = _fails_before_running(["warmup", "--quick", "--out", str(path)], capsys)
+    assert "--out" in err and "not a folder" in err
+    assert path.read_text() == "keep me"
+    err = _fails_before_running(["training", "--quick", "--out", str(path / "sub")], capsys)
+    assert "--out" in err and "cannot be created" in err
+
+
+def test_out_may_be_a_folder_yet_to_make(tmp_path):
+    assert runner._out_problem(str(tmp_path)) is None
+    assert runner._out_problem(str(tmp_path / "a" / "b")) is None
+    assert runner._out_problem("") is not None  # os.makedirs("") would fail after the run
+    assert not (tmp_path / "a").exists()  # the check creates nothing
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root may write anywhere: a read-only folder cannot be made")
+def test_out_in_a_read_only_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        err = _fails_before_running(["depth", "--quick", "--out", str(locked / "x")], capsys)
+        assert "not writable" in err
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("seed, message", [("-1", "must be >= 0"), ("1.5", "not an integer")])
+def test_bad_seed_is_an_argument_error(seed, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["warmup", "--quick", "--seed", seed])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and message in err and "Traceback" not in err
+
+
+def test_unknown_demo_is_named_before_the_backend_is_tried(capsys):
+    err = _fails_before_running(["nosuch", "--backend", "cupy"], capsys)
+    assert "unknown demo 'nosuch'" in err and "--backend" not in err
+
+
+def test_help_describes_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner.main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert "cupy (an NVIDIA GPU" in text
+    assert "non-negative integer seeding" in text
+    assert "JSON" in text
+    assert "layernorm_check runs the seed's shapes" in text
