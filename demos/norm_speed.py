@@ -13,8 +13,16 @@ seed's own PyTorch classes, composed of separate tensor ops as in the tutorial, 
 PyTorch's built-in F.layer_norm / F.rms_norm. Each call is timed interleaved (every
 repetition runs each contender once, in a random order) and the median reported, so a slow
 moment of the machine falls on every contender alike.
+
+A speedup (LayerNorm's median time / RMSNorm's) comes with a 95% bootstrap interval over the
+repetitions, and the verdict (``judge``) reads the intervals, not the medians: RMSNorm is
+faster (slower) only where the whole interval lies above 1 + TIE (below 1 - TIE), and ties
+otherwise. A median of a few calls moves by more than 10% between identical runs here, so a
+verdict read off the medians alone flipped from run to run.
 """
 from __future__ import annotations
+
+import gc
 
 import numpy as np
 
@@ -29,8 +37,10 @@ DESCRIPTION = ("LayerNorm vs RMSNorm: output statistics and timing beside PyTorc
 SEED_CLASSES, BUILT_IN = "PyTorch, seed's classes", "PyTorch built-in"
 COMPOSED = "tinynorm, seed's forwards"  # the seed's code, on tinynorm's ops
 SHAPES = {"quick": (4, 128, 256), "numpy": (16, 512, 1024), "cupy": (100, 2048, 4096)}
-TIE = 0.1  # a speedup within 10% of 1 is a tie: these medians of a few calls vary that much
-REPEATS = {"quick": 5, "numpy": 10, "cupy": 20}
+TIE = 0.1  # a speedup whose 95% interval reaches into 1 ± TIE is a tie
+REPEATS = {"quick": 15, "numpy": 25, "cupy": 40}
+LEVEL, RESAMPLES = 0.95, 2000  # the bootstrap interval of each speedup
+WORDS = {"faster": "faster", "slower": "slower", "tie": "about as fast"}
 
 
 def synchronizer(backend: str, torch_cuda: bool):
@@ -45,6 +55,126 @@ def synchronizer(backend: str, torch_cuda: bool):
 
         waits.append(torch.cuda.synchronize)
     return lambda: [w() for w in waits]
+
+
+def timed_repetitions(contenders: dict, repeat: int, seed: int = 0, sync=None) -> dict:
+    """Seconds of every call of each contender, one per repetition: ``C.interleaved`` run
+    one repetition at a time (each in its own seeded random order), so that the repetitions
+    can be resampled (``speedup_interval``).
+
+    The interpreter's long-lived objects are frozen out of the garbage collector meanwhile:
+    the timer collects before every call, and with PyTorch and numba loaded a full
+    collection took 0.14 s here, more than most of the calls it precedes. Frozen, it takes
+    microseconds, and the time saved goes to more repetitions."""
+    times = {name: [] for name in contenders}
+    gc.collect()
+    gc.freeze()
+    try:
+        for i in C.progress(range(repeat), "timing"):
+            one = C.interleaved(contenders, repeat=1, warmup=int(i == 0), seed=seed * repeat + i,
+                                sync=sync)
+            for name, seconds in one.items():
+                times[name].append(seconds)
+    finally:
+        gc.unfreeze()
+    return times
+
+
+def speedup_interval(ln_s, rms_s, rng, level: float = LEVEL,
+                     resamples: int = RESAMPLES) -> tuple:
+    """A percentile bootstrap interval of median(ln_s) / median(rms_s), per-repetition
+    seconds: the repetitions are drawn with replacement, LayerNorm's and RMSNorm's time of
+    one repetition together (they ran in the same repetition, through the same slow
+    moments of the machine)."""
+    ln_s, rms_s = np.asarray(ln_s), np.asarray(rms_s)
+    picks = rng.integers(0, len(ln_s), size=(resamples, len(ln_s)))
+    ratios = np.median(ln_s[picks], axis=1) / np.median(rms_s[picks], axis=1)
+    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def classify(interval) -> str:
+    """RMSNorm is "faster" where the speedup's whole interval lies above 1 + TIE, "slower"
+    where it lies below 1 - TIE, and a "tie" where it reaches into 1 ± TIE."""
+    low, high = interval
+    if low > 1 + TIE:
+        return "faster"
+    if high < 1 - TIE:
+        return "slower"
+    return "tie"
+
+
+def _passes(forward: str, fwd_bwd: str) -> str:
+    """'faster forward and fwd+bwd', 'about as fast forward, slower fwd+bwd', ..."""
+    if forward == fwd_bwd:
+        return f"{WORDS[forward]} forward and fwd+bwd"
+    return f"{WORDS[forward]} forward, {WORDS[fwd_bwd]} fwd+bwd"
+
+
+def judge(intervals: dict):
+    """The verdict's outcome from the speedups' intervals, ``(library, pass) -> (low,
+    high)``: True (the claim holds), False (it does not), or a sentence.
+
+    The claim holds where tinynorm's fused RMSNorm is faster in both passes, and PyTorch's
+    built-ins (where they ran) agree; it holds in part where RMSNorm is faster somewhere:
+    one of tinynorm's passes, the norms composed of separate ops (the seed's forwards, on
+    tinynorm's ops or in its PyTorch classes, forward as the seed times them), or the
+    built-ins; otherwise it does not hold. The sentence names each pass as faster, slower
+    or about as fast (``classify``), and the built-ins where they point another way."""
+    kind = {key: classify(interval) for key, interval in intervals.items()}
+    ours = kind[("tinynorm", "forward")], kind[("tinynorm", "fwd+bwd")]
+    built_in = ((kind[(BUILT_IN, "forward")], kind[(BUILT_IN, "fwd+bwd")])
+                if (BUILT_IN, "forward") in kind else None)
+    composed_gains = any(kind.get((lib, "forward")) == "faster"
+                         for lib in (COMPOSED, SEED_CLASSES))
+    if ours == ("tie", "tie"):
+        parts = ["tinynorm's one-pass kernels run both at about the same speed (each reads x "
+                 "and writes y once; the mean that RMSNorm skips is a small part of that)"]
+    else:
+        parts = [f"tinynorm's RMSNorm is {_passes(*ours)}"]
+    if composed_gains:
+        parts.append("RMSNorm gains where a norm is composed of separate operations (the "
+                     "seed's forwards), where skipping the mean skips whole ops")
+    if built_in is not None and built_in != ours:
+        parts.append(f"PyTorch's built-in RMSNorm is {_passes(*built_in)}")
+
+    if ours == ("faster", "faster"):
+        if built_in is None or built_in == ours:
+            return True
+        extent = "only in part" if "faster" in built_in else "not"
+        return (f"claim holds for tinynorm's fused ops, {extent} for PyTorch's built-ins on "
+                f"this device (their RMSNorm is {_passes(*built_in)}): it depends on the "
+                "implementation")
+    if "faster" in ours or composed_gains or (built_in is not None and "faster" in built_in):
+        return "claim holds in part: " + "; ".join(parts) + ": it depends on the implementation"
+    if ours == ("slower", "slower") and len(parts) == 1:
+        return False
+    return "claim does NOT hold: " + "; ".join(parts)
+
+
+def measured(speedups: dict, intervals: dict) -> str:
+    """The verdict's numbers: each speedup the verdict reads, with its interval."""
+    def x(library, mode):
+        low, high = intervals[(library, mode)]
+        return f"{speedups[(library, mode)]:.2f}x {mode} ({low:.2f}–{high:.2f})"
+
+    text = (f"RMSNorm's speed over LayerNorm's (95% interval): tinynorm "
+            f"{x('tinynorm', 'forward')}, {x('tinynorm', 'fwd+bwd')}")
+    if (COMPOSED, "forward") in speedups:
+        text += (f"; the seed's forwards on tinynorm's ops {x(COMPOSED, 'forward')}, "
+                 f"{x(COMPOSED, 'fwd+bwd')}")
+    if (BUILT_IN, "forward") in speedups:
+        text += (f"; PyTorch: the seed's classes {x(SEED_CLASSES, 'forward')}, the built-ins "
+                 f"{x(BUILT_IN, 'forward')}, {x(BUILT_IN, 'fwd+bwd')}")
+    return text
+
+
+def setting(backend: str, torch_installed: bool, torch_device) -> str:
+    """Where the table's libraries ran; ``torch_device`` is None where PyTorch did not run
+    (not installed, or without CUDA beside ``--backend cupy``)."""
+    if torch_device is not None:
+        return f"{backend}, PyTorch on {torch_device}"
+    return f"{backend}, PyTorch " + ("without CUDA" if torch_installed else "not installed")
 
 
 def output_stats(seed_ln, seed_rms) -> list:
@@ -119,10 +249,13 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
     try:
         import torch
         torch.manual_seed(seed)
+        torch_installed = True
         torch_device = "cuda" if backend == "cupy" else "cpu"
-        has_torch = torch_device == "cpu" or torch.cuda.is_available()
+        if torch_device == "cuda" and not torch.cuda.is_available():
+            torch_device = None
     except ImportError:
-        has_torch, torch_device = False, None
+        torch_installed, torch_device = False, None
+    has_torch = torch_device is not None
 
     with C.setup(backend, seed):
         stats = output_stats(LayerNorm(512), RMSNorm(512))
@@ -133,21 +266,28 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         contenders = tinynorm_contenders(shape, composed=backend == "numpy")
         if has_torch:
             contenders.update(torch_contenders(shape, torch_device))
-        sync = synchronizer(backend, has_torch and torch_device == "cuda")
-        seconds = C.interleaved(contenders, repeat, warmup=1, seed=seed, sync=sync,
-                                desc="timing")
+        sync = synchronizer(backend, torch_device == "cuda")
+        times = timed_repetitions(contenders, repeat, seed=seed, sync=sync)
+    seconds = {name: float(np.median(ts)) for name, ts in times.items()}
 
     libraries = list(dict.fromkeys(lib for lib, _, _ in seconds))
-    rows, speedups = [], {}
+    rows, speedups, intervals = [], {}, {}
+    rng = np.random.default_rng(seed)
     for lib in libraries:
         for mode in ("forward", "fwd+bwd"):
-            ln_s, rms_s = seconds[(lib, "LayerNorm", mode)], seconds[(lib, "RMSNorm", mode)]
-            speedups[(lib, mode)] = ln_s / rms_s
-            rows.append({"library": lib, "pass": mode, "LayerNorm ms": ln_s * 1e3,
-                         "RMSNorm ms": rms_s * 1e3, "speedup (LN / RMS)": ln_s / rms_s})
-    where = backend + (f", PyTorch on {torch_device}" if has_torch else ", PyTorch not installed")
-    C.table(rows, ["library", "pass", "LayerNorm ms", "RMSNorm ms", "speedup (LN / RMS)"],
-            title=f"float32 x of shape {shape}: medians of {repeat} interleaved calls ({where})")
+            ln, rms = (lib, "LayerNorm", mode), (lib, "RMSNorm", mode)
+            speedups[(lib, mode)] = seconds[ln] / seconds[rms]
+            intervals[(lib, mode)] = low, high = speedup_interval(times[ln], times[rms], rng)
+            rows.append({"library": lib, "pass": mode, "LayerNorm ms": seconds[ln] * 1e3,
+                         "RMSNorm ms": seconds[rms] * 1e3,
+                         "speedup (LN / RMS)": speedups[(lib, mode)],
+                         "95% interval": f"{low:.3f}–{high:.3f}",
+                         "RMSNorm is": WORDS[classify((low, high))]})
+    where = setting(backend, torch_installed, torch_device)
+    C.table(rows, ["library", "pass", "LayerNorm ms", "RMSNorm ms", "speedup (LN / RMS)",
+                   "95% interval", "RMSNorm is"],
+            title=f"float32 x of shape {shape}: medians of {repeat} interleaved calls, "
+                  f"speedups' 95% bootstrap intervals ({where})")
 
     fig, axes = C.figure(1, 2, width=11, height=3.8)
     for ax, mode in zip(axes[0], ("forward", "fwd+bwd")):
@@ -161,36 +301,12 @@ def main(quick: bool = False, out: str = "tinynorm-out", seed: int = 0,
         ax.legend(fontsize=8)
     figures = [C.save(fig, out, "norm_speed.png")]
 
-    ours = speedups[("tinynorm", "forward")], speedups[("tinynorm", "fwd+bwd")]
-    measured = (f"tinynorm's RMSNorm is {ours[0]:.2f}x LayerNorm's speed forward, "
-                f"{ours[1]:.2f}x fwd+bwd")
-    composed_speedups = speedups.get((COMPOSED, "forward")), speedups.get((COMPOSED, "fwd+bwd"))
-    if composed_speedups[0] is not None:
-        measured += (f"; the seed's forwards on tinynorm's ops {composed_speedups[0]:.2f}x "
-                     f"forward, {composed_speedups[1]:.2f}x fwd+bwd")
-    if has_torch:
-        measured += (f"; PyTorch: the seed's classes {speedups[(SEED_CLASSES, 'forward')]:.2f}x, "
-                     f"the built-ins {speedups[(BUILT_IN, 'forward')]:.2f}x forward")
-    if all(s > 1 + TIE for s in ours):
-        holds = True
-        if has_torch and speedups[(BUILT_IN, "forward")] <= 1:
-            holds = ("holds for tinynorm's fused ops, not for PyTorch's built-ins on this device "
-                     "(its RMSNorm is not one fused kernel there): it depends on the "
-                     "implementation")
-    elif all(s < 1 - TIE for s in ours):
-        holds = False
-    else:
-        composed = (" and gains where a norm is composed of separate operations (the seed's "
-                    "forwards), where skipping the mean skips whole ops"
-                    if (composed_speedups[0] or 0) > 1 + TIE
-                    or (has_torch and speedups[(SEED_CLASSES, "forward")] > 1 + TIE) else "")
-        holds = ("holds in part: tinynorm's one-pass kernels run both at about the same speed "
-                 "(each reads x and writes y once; the mean that RMSNorm skips is a small part "
-                 f"of that){composed}: it depends on the implementation")
-    line = C.verdict("RMSNorm is faster than LayerNorm (no mean computation)", holds, measured)
+    line = C.verdict("RMSNorm is faster than LayerNorm (no mean computation)",
+                     judge(intervals), measured(speedups, intervals))
     return {"shape": shape, "output_stats": stats,
             "ms": {" / ".join(key): s * 1e3 for key, s in seconds.items()},
             "speedup": {" / ".join(key): v for key, v in speedups.items()},
+            "speedup_interval": {" / ".join(key): v for key, v in intervals.items()},
             "figures": figures, "verdict": line}
 
 
