@@ -98,7 +98,9 @@ class timed_peak_memory:
 
     On NumPy the peak comes from tracemalloc, which NumPy reports its array buffers to; it
     counts only what is allocated inside the block (not the model's parameters). On CuPy it
-    is the growth of the memory pool's bytes in use, read at the end (a lower bound).
+    is the growth of the memory pool's bytes in use, read at the end: a floor of the peak,
+    missing every buffer freed before the end (``gpt2_small.timed_peak_memory`` adds a
+    memory hook that sees each allocation).
     """
 
     def __init__(self, backend: str = "numpy"):
